@@ -1,0 +1,346 @@
+"""ARGenSeg: a native transformers InternVL whose LLM also emits multi-scale VQ-VAE tokens.
+
+The backbone is `InternVLForConditionalGeneration` built from its config (no remote code). Next to
+it live the three next-scale modules of the release (`word_embed`, `pos_1LC`, `lvl_embed`) and the
+frozen VQ-VAE. One head predicts text and visual tokens: the visual logits are the last `V` rows.
+
+Sequence layout of one mask (L = sum(pn^2) slots, K scales), shared by training and generation:
+
+    ... text  <ge_start>  [scale-1 inputs] ... [scale-(K-1) inputs]  <ge_end>  text ...
+    slot:        0          1 .. pn_1^2          ..            L-1
+
+Slot 0 (`<ge_start>`) carries its token embedding plus `lvl_embed(0) + pos_1LC[0]` (as VAR's start
+token) and predicts scale 0; every slot of scale k >= 1 carries `word_embed(area-downsampled f_hat)
++ lvl_embed(k) + pos_1LC[slot]` and predicts the code at the same place of scale k. Attention is
+plain causal over the whole sequence, so one forward per scale with a KV cache reproduces the
+teacher-forced forward exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
+
+from .vqvae import MultiScaleVQVAE, VQVAEConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_TYPE = "argenseg"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The release's InternVL2.5 chat prompt; {image} expands to <img><IMG_CONTEXT>*N</img>.
+INTERNVL_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+RELEASE_PROMPT_TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}\n"
+    "Given the following instructions: {instruction}; please perform referring segmentation on this "
+    "image.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory is missing, incomplete, or does not match its config."""
+
+
+@dataclass
+class ARGenSegConfig:
+    backbone: dict[str, Any]              # InternVLConfig.to_dict()
+    vqvae: dict[str, Any]                 # VQVAEConfig.to_dict()
+    token_ids: dict[str, int]             # see tokenization.TOKEN_ID_KEYS, plus "visual_offset"
+    prompt_template: str = RELEASE_PROMPT_TEMPLATE
+    system_prompt: str = INTERNVL_SYSTEM
+    name: str = "argenseg"
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance (training command, seed, ...)
+
+    def backbone_config(self) -> InternVLConfig:
+        return InternVLConfig.from_dict(self.backbone)
+
+    def vqvae_config(self) -> VQVAEConfig:
+        return VQVAEConfig.from_dict(self.vqvae)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ARGenSegConfig":
+        data = dict(data)
+        if data.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ModelLoadError(f"config.json is not an {MODEL_TYPE} config")
+        return cls(**data)
+
+
+def image_to_pixel_values(image_hw3: np.ndarray, image_size: int) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> (1, 3, S, S) float32, squashed bicubic resize + ImageNet normalisation."""
+    resized = cv2.resize(image_hw3, (image_size, image_size), interpolation=cv2.INTER_CUBIC)
+    x = resized.astype(np.float32) / 255.0
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
+def causal_attention_mask(key_valid_BT: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (B, 1, q_len, T) mask: causal over cache order, padded keys hidden.
+
+    The queries are the last `q_len` keys. A query always sees itself so padded query rows never
+    produce NaNs (their outputs are ignored).
+    """
+    B, T = key_valid_BT.shape
+    q_idx = torch.arange(T - q_len, T, device=key_valid_BT.device)[:, None]   # (q, 1)
+    k_idx = torch.arange(T, device=key_valid_BT.device)[None, :]              # (1, T)
+    allowed = (k_idx <= q_idx)[None] & key_valid_BT[:, None, :]               # (B, q, T)
+    allowed = allowed | (k_idx == q_idx)[None]
+    mask = torch.zeros(B, 1, q_len, T, dtype=dtype, device=key_valid_BT.device)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+class ARGenSegModel(nn.Module):
+    def __init__(self, config: ARGenSegConfig):
+        super().__init__()
+        self.config = config
+        backbone_cfg = config.backbone_config()
+        vq_cfg = config.vqvae_config()
+        self.backbone = InternVLForConditionalGeneration(backbone_cfg)
+        hidden = backbone_cfg.text_config.hidden_size
+        self.patch_nums: tuple[int, ...] = tuple(vq_cfg.patch_nums)
+        L = sum(pn * pn for pn in self.patch_nums)
+        self.word_embed = nn.Linear(vq_cfg.z_channels, hidden)
+        self.pos_1LC = nn.Parameter(torch.randn(1, L, hidden) * 0.02)
+        self.lvl_embed = nn.Embedding(len(self.patch_nums), hidden)
+        self.vqvae = MultiScaleVQVAE(vq_cfg)
+        self.vqvae.requires_grad_(False)
+        # slot -> scale, and the slot range of each scale; derived, so not saved.
+        scale_of_slot = torch.cat([torch.full((pn * pn,), k) for k, pn in enumerate(self.patch_nums)])
+        self.register_buffer("scale_of_slot", scale_of_slot, persistent=False)
+        self.scale_begin: tuple[int, ...] = tuple(
+            int(sum(p * p for p in self.patch_nums[:k])) for k in range(len(self.patch_nums)))
+        self._check_token_layout()
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    @property
+    def codebook_size(self) -> int:
+        return self.vqvae.cfg.vocab_size
+
+    @property
+    def num_slots(self) -> int:
+        return self.pos_1LC.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        size = self.backbone.config.vision_config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+    @property
+    def num_image_tokens(self) -> int:
+        vc = self.backbone.config.vision_config
+        patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+        side = self.image_size // patch
+        return int((side * self.backbone.config.downsample_ratio) ** 2)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone.lm_head.out_features
+
+    def _check_token_layout(self) -> None:
+        ids = self.config.token_ids
+        if ids.get("visual_offset", -1) + self.codebook_size != self.vocab_size:
+            raise ValueError(
+                f"visual tokens must be the last {self.codebook_size} of the {self.vocab_size}-token "
+                f"head, but visual_offset is {ids.get('visual_offset')}")
+        if ids.get("img_context") != self.backbone.config.image_token_id:
+            raise ValueError("token_ids['img_context'] differs from the backbone's image_token_id")
+
+    # ---- prompt ----------------------------------------------------------------------------------
+    def build_prompt(self, instruction: str) -> str:
+        image = "<img>" + "<IMG_CONTEXT>" * self.num_image_tokens + "</img>"
+        return self.config.prompt_template.format(
+            system=self.config.system_prompt, image=image, instruction=instruction)
+
+    # ---- embeddings ------------------------------------------------------------------------------
+    def image_features(self, pixel_values_B3SS: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, N_img, C) projected image tokens."""
+        out = self.backbone.model.get_image_features(pixel_values=pixel_values_B3SS, return_dict=True)
+        return out.pooler_output
+
+    def embed(self, input_ids_BT: torch.Tensor, slot_BT: torch.Tensor | None = None,
+              slot_inputs_BTC: torch.Tensor | None = None,
+              image_features_BNC: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings of a chunk of the sequence.
+
+        slot_BT: mask slot index (0..L-1) of each position, -1 for text. Slot 0 keeps its token
+        embedding (<ge_start>); slots >= 1 take `word_embed(slot_inputs)` (Cvae-d next-scale inputs).
+        image_features_BNC replace the <IMG_CONTEXT> positions, in order.
+        """
+        embeds = self.backbone.get_input_embeddings()(input_ids_BT)
+        if image_features_BNC is not None:
+            is_img = (input_ids_BT == self.config.token_ids["img_context"])[..., None]
+            embeds = embeds.masked_scatter(is_img, image_features_BNC.to(embeds.dtype))
+        if slot_BT is not None:
+            is_slot = slot_BT >= 0
+            slot = slot_BT.clamp(min=0)
+            extra = self.pos_1LC[0, slot] + self.lvl_embed(self.scale_of_slot[slot])
+            if slot_inputs_BTC is not None:
+                visual = self.word_embed(slot_inputs_BTC.to(embeds.dtype))
+                embeds = torch.where((slot_BT > 0)[..., None], visual, embeds)
+            embeds = torch.where(is_slot[..., None], embeds + extra, embeds)
+        return embeds
+
+    # ---- decoder ---------------------------------------------------------------------------------
+    def decode(self, inputs_embeds_BTC: torch.Tensor, key_valid_BT: torch.Tensor,
+               position_ids_BT: torch.Tensor, cache: Any = None,
+               output_hidden_states: bool = False) -> Any:
+        """LLM forward over one chunk; `key_valid_BT` covers the cache plus this chunk."""
+        mask = causal_attention_mask(key_valid_BT, inputs_embeds_BTC.shape[1], inputs_embeds_BTC.dtype)
+        return self.backbone.model.language_model(
+            inputs_embeds=inputs_embeds_BTC, attention_mask=mask, position_ids=position_ids_BT,
+            cache=cache, use_cache=cache is not None, output_hidden_states=output_hidden_states)
+
+    def logits(self, hidden_BTC: torch.Tensor) -> torch.Tensor:
+        return self.backbone.lm_head(hidden_BTC)
+
+    def visual_logits(self, hidden_BTC: torch.Tensor) -> torch.Tensor:
+        """Only the last V rows of the head: a mask slot never needs the text logits."""
+        weight = self.backbone.lm_head.weight[-self.codebook_size:]
+        return F.linear(hidden_BTC, weight)
+
+    def text_logits(self, hidden_BC: torch.Tensor) -> torch.Tensor:
+        """Head without the visual rows: text positions never emit a visual token."""
+        weight = self.backbone.lm_head.weight[: self.vocab_size - self.codebook_size]
+        return F.linear(hidden_BC, weight)
+
+    # ---- native format ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerFast) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        tokenizer.save_pretrained(str(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> tuple["ARGenSegModel", PreTrainedTokenizerFast]:
+        """Load a native model directory from local disk only."""
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            raise ModelLoadError(f"model directory {str(directory)!r} does not exist")
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise ModelLoadError(f"model directory {str(directory)!r} lacks {', '.join(missing)}")
+        try:
+            config = ARGenSegConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid ARGenSeg config: {err}") from err
+        with _default_dtype(dtype), torch.device(device):
+            model = cls(config)
+        _load_safetensors_strict(model, directory / WEIGHTS_FILE, device, dtype)
+        model.eval()
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+        _check_tokenizer(tokenizer, config, model.codebook_size)
+        return model, tokenizer
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _load_safetensors_strict(model: nn.Module, path: Path, device: str | torch.device,
+                             dtype: torch.dtype) -> None:
+    """Copy tensors one at a time (no second full copy in RAM) and report every mismatch."""
+    expected = model.state_dict()
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        missing = sorted(set(expected) - keys)
+        unexpected = sorted(keys - set(expected))
+        wrong_shape = [k for k in sorted(keys & set(expected))
+                       if tuple(f.get_slice(k).get_shape()) != tuple(expected[k].shape)]
+        if missing or unexpected or wrong_shape:
+            parts = []
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+                if names:
+                    parts.append(f"{len(names)} {label} (e.g. {', '.join(names[:3])})")
+            raise ModelLoadError(f"{path} does not match its config.json: " + "; ".join(parts))
+        with torch.no_grad():
+            for key in keys:
+                target = expected[key]
+                target.copy_(f.get_tensor(key).to(device=target.device, dtype=target.dtype))
+
+
+def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, config: ARGenSegConfig, codebook_size: int) -> None:
+    from .tokenization import resolve_token_ids
+
+    try:
+        found = resolve_token_ids(tokenizer, codebook_size)
+    except ValueError as err:
+        raise ModelLoadError(f"tokenizer does not fit the model: {err}") from err
+    wrong = {k: (v, found.get(k)) for k, v in config.token_ids.items() if found.get(k) != v}
+    if wrong:
+        raise ModelLoadError(f"tokenizer ids differ from config.json token_ids: {wrong}")
+
+
+def build_config(token_ids: dict[str, int], vocab_size: int, vqvae: VQVAEConfig, *, image_size: int = 224,
+                 patch_size: int = 14, vision_hidden: int = 192, vision_layers: int = 4, vision_heads: int = 3,
+                 text_hidden: int = 256, text_layers: int = 6, text_heads: int = 4, text_kv_heads: int = 4,
+                 text_intermediate: int = 768, prompt_template: str = RELEASE_PROMPT_TEMPLATE,
+                 system_prompt: str = INTERNVL_SYSTEM, name: str = "argenseg") -> ARGenSegConfig:
+    """Config of an ARGenSeg of any size: InternVL vision tower + pixel shuffle + Llama text model."""
+    if (image_size // patch_size) % 2:
+        raise ValueError("image_size / patch_size must be even for the 0.5 pixel shuffle")
+    num_image_tokens = (image_size // patch_size // 2) ** 2
+    backbone = InternVLConfig(
+        vision_config=dict(
+            model_type="internvl_vision", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads, intermediate_size=4 * vision_hidden,
+            image_size=[image_size, image_size], patch_size=[patch_size, patch_size],
+            use_mean_pooling=False, layer_scale_init_value=0.1),
+        text_config=dict(
+            model_type="llama", hidden_size=text_hidden, num_hidden_layers=text_layers,
+            num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            intermediate_size=text_intermediate, vocab_size=vocab_size, max_position_embeddings=4096,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=token_ids["pad"],
+            eos_token_id=token_ids["eos"]),
+        image_token_id=token_ids["img_context"], image_seq_length=num_image_tokens,
+        downsample_ratio=0.5, tie_word_embeddings=False)
+    return ARGenSegConfig(backbone=backbone.to_dict(), vqvae=vqvae.to_dict(), token_ids=dict(token_ids),
+                          prompt_template=prompt_template, system_prompt=system_prompt, name=name)
+
+
+TEXT_FIRST_PROMPT_TEMPLATE = "<|im_start|>user\n{instruction}\n{image}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def random_model(seed: int = 0, vqvae: VQVAEConfig | None = None, corpus: list[str] | None = None,
+                 **sizes: Any) -> tuple["ARGenSegModel", PreTrainedTokenizerFast]:
+    """A randomly initialised ARGenSeg of the given sizes (tests, benchmarks, bring-up)."""
+    from .tokenization import build_tabletop_tokenizer, resolve_token_ids
+
+    vqvae = vqvae or VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                 patch_nums=(1, 2, 4), image_size=8, share_quant_resi=2)
+    corpus = corpus or ["segment the red cup", "Sure, <mask>.", "I don't see a blue box.", "There are 2 cups."]
+    tokenizer = build_tabletop_tokenizer(corpus * 4, vqvae.vocab_size, bpe_vocab_size=300)
+    token_ids = resolve_token_ids(tokenizer, vqvae.vocab_size)
+    defaults: dict[str, Any] = dict(image_size=56, patch_size=14, vision_hidden=32, vision_layers=1,
+                                    vision_heads=2, text_hidden=64, text_layers=2, text_heads=4,
+                                    text_kv_heads=2, text_intermediate=128,
+                                    prompt_template=TEXT_FIRST_PROMPT_TEMPLATE, name="random")
+    defaults.update(sizes)
+    torch.manual_seed(seed)
+    config = build_config(token_ids, len(tokenizer), vqvae, **defaults)
+    return ARGenSegModel(config).eval(), tokenizer
