@@ -15,6 +15,7 @@ Shape names: B batch, C channels, H/W image side, h/w latent side, L = sum(pn^2)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -482,6 +483,23 @@ class MultiScaleVQVAE(nn.Module):
         self.quantize = MultiScaleQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, cfg: VQVAEConfig | None = None, prefix: str = "") -> MultiScaleVQVAE:
+        """Load VAR weights strictly: a `.pth` state dict (e.g. vae_ch160v4096z32.pth) or a
+        `.safetensors` file; `prefix` selects a sub-tree (e.g. "image_tokenizer." or "vqvae.")."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        if prefix:
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        model = cls(cfg)
+        model.load_state_dict(sd, strict=True)
+        return model.eval()
 
     # -- checks --------------------------------------------------------------------------------
     def _check_img(self, img: Tensor) -> None:

@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # run from anywhere, installed or not
 
 from argenseg_ros.vqvae import (  # noqa: E402
     AttnBlock,
+    Downsample,
     MultiScaleVQVAE,
     VQVAEConfig,
     images_to_mask_probs,
@@ -88,6 +89,24 @@ def test_full_config_strict_load_of_tsv_shaped_tensors():
     bad["quant_conv.weight"] = torch.randn(32, 32, 1, 1)
     with pytest.raises(RuntimeError):
         m.load_state_dict(bad, strict=True)
+
+
+def test_from_checkpoint_loads_pth_and_safetensors_with_prefix(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    src = MultiScaleVQVAE(cfg)
+    torch.save(src.state_dict(), tmp_path / "vae.pth")
+    save_file({"vqvae." + k: v.contiguous() for k, v in src.state_dict().items()} | {"other.w": torch.zeros(1)},
+              str(tmp_path / "model.safetensors"))
+    for m in (MultiScaleVQVAE.from_checkpoint(tmp_path / "vae.pth", cfg),
+              MultiScaleVQVAE.from_checkpoint(tmp_path / "model.safetensors", cfg, prefix="vqvae.")):
+        assert not m.training
+        for k, v in src.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), k
+    with pytest.raises(RuntimeError):  # strict: the unprefixed file has the extra key
+        MultiScaleVQVAE.from_checkpoint(tmp_path / "model.safetensors", cfg)
 
 
 def test_full_width_architecture_runs_at_small_resolution():
@@ -180,6 +199,21 @@ def test_attention_is_single_head_softmax_over_positions():
     w = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * C ** -0.5, dim=-1)  # (B, HW, HW)
     h = torch.einsum("bij,bcj->bci", w, v).reshape(B, C, H, W)
     torch.testing.assert_close(blk(x), x + blk.proj_out(h), rtol=1e-5, atol=1e-5)
+
+
+def test_downsample_pads_only_right_and_bottom():
+    torch.manual_seed(0)
+    down = Downsample(32)
+    x = torch.randn(1, 32, 8, 8)
+    y = down(x)
+    assert y.shape == (1, 32, 4, 4)
+    w, b = down.conv.weight, down.conv.bias
+    # output (0, 0) sees input rows/cols 0..2 (no top/left padding) ...
+    top_left = (w * x[:, None, :, 0:3, 0:3]).sum(dim=(2, 3, 4)) + b
+    torch.testing.assert_close(y[:, :, 0, 0], top_left, rtol=1e-5, atol=1e-5)
+    # ... and output (3, 3) sees rows/cols 6, 7 and one zero pad row/col
+    bottom_right = (w[:, :, :2, :2] * x[:, None, :, 6:8, 6:8]).sum(dim=(2, 3, 4)) + b
+    torch.testing.assert_close(y[:, :, 3, 3], bottom_right, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
