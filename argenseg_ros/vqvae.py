@@ -586,8 +586,8 @@ class MultiScaleVQVAE(nn.Module):
         """Teacher forcing inputs (B, L - pn_0^2, Cvae): for k < K-1 the area-downsampled f_hat after
         scale k at pn_{k+1}, row-major, concatenated. The last scale's ids are not needed."""
         K = self.cfg.num_scales
+        B = ids[0].shape[0] if len(ids) else 0  # before trimming: K=1 keeps no scale but has a batch
         ids = self._check_ids(ids, K - 1)
-        B = ids[0].shape[0] if ids else 0
         f_hat = self.empty_fhat(B)
         chunks = []
         for k in range(K - 1):

@@ -300,6 +300,9 @@ def test_codebook_vectors_at_a_single_1x1_scale_roundtrip():
     ids, f_hat = m.quantize.f_to_idx_fhat(f)
     assert torch.equal(ids[0].squeeze(1), torch.arange(64))
     assert torch.equal(f_hat, m.quantize.quant_resi[0](f))
+    # a single-scale tokenizer has no next-scale inputs
+    assert m.idx_to_teacher_inputs(ids).shape == (64, 0, 8)
+    assert m.next_scale_step(0, m.empty_fhat(64), ids[0])[1] is None
 
 
 def test_constant_code_map_is_absorbed_by_the_first_scale_when_phi_is_identity():
