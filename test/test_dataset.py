@@ -53,8 +53,9 @@ def test_jsonl_lines_follow_the_documented_schema(tmp_path: Path) -> None:
         obj = json.loads(line)
         assert list(obj) == ["image", "instruction", "answer", "masks", "type"]
         assert obj["type"] in tt.EXPRESSION_TYPES
-    m = cv2.imread(str(tmp_path / json.loads(next(
-        l for l in lines if json.loads(l)["masks"]))["masks"][0]), cv2.IMREAD_UNCHANGED)
+    first_mask = next(json.loads(line)["masks"][0] for line in lines
+                      if json.loads(line)["masks"])
+    m = cv2.imread(str(tmp_path / first_mask), cv2.IMREAD_UNCHANGED)
     assert m.ndim == 2 and set(np.unique(m)) <= {0, 255}
 
 
