@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One set-up command for this machine: creates .venv (if missing), installs the pinned
+# environment of requirements.txt (ROS 2 Jazzy from PyPI wheels, torch, transformers, ...) and
+# this package (`pip install .`, non-editable, which also puts the ROS executables in
+# .venv/lib/argenseg_ros/ where ros2 launch looks). Safe to run again: what is installed stays.
+#   PYTHON=python3.11  interpreter used to create the venv (default: python3)
+#   VENV=path          venv location (default: .venv in the repository)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+python=${PYTHON:-python3}
+venv=${VENV:-$repo/.venv}
+
+log() { printf '[setup] %s\n' "$*"; }
+fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v "$python" >/dev/null || fail "$python not found (set PYTHON=...)"
+"$python" - <<'PY' || fail "Python 3.10+ is required (ROS 2 Jazzy wheels)"
+import sys
+sys.exit(0 if sys.version_info >= (3, 10) else 1)
+PY
+
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv with $("$python" --version)"
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+
+start=$(date +%s)
+log "installing pinned requirements (requirements.txt)"
+"$py" -m pip install --quiet --upgrade-strategy only-if-needed -r requirements.txt
+log "installing argenseg_ros (pip install .)"
+"$py" -m pip install --quiet --no-build-isolation --no-deps .
+
+# Smoke check: what the node needs imports, and the executable is where ros2 launch looks.
+"$py" - <<'PY'
+import os, sys
+import rclpy, sensor_msgs.msg, std_msgs.msg, rcl_interfaces.srv  # noqa: F401
+import argenseg_ros
+exe = os.path.join(sys.prefix, "lib", "argenseg_ros", "segment_node")
+if not os.access(exe, os.X_OK):
+    sys.exit(f"[setup] ERROR: {exe} is missing or not executable")
+print(f"[setup] ok: argenseg_ros {argenseg_ros.__version__}, rclpy from {os.path.dirname(rclpy.__file__)}")
+PY
+log "done in $(( $(date +%s) - start )) s; venv: $venv"
