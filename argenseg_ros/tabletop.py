@@ -784,13 +784,20 @@ def sample_queries(scene: Scene, rng: np.random.Generator, n: int) -> list[Query
     probs = np.array([_CATEGORY_PROBS[c] for c in cats])
     probs /= probs.sum()
     out: list[Query] = []
+    used: set[str] = set()
     for _ in range(n):
         cat = cats[int(rng.choice(len(cats), p=probs))]
         pool = pools[cat]
         keys = sorted(pool)
-        key = keys[int(rng.integers(len(keys)))]
-        items = pool[key]
-        item = items[int(rng.integers(len(items)))]
+        # Redraw within the category (keeping the mix) to avoid repeating an expression in
+        # one scene; repeats remain possible when n exceeds what the scene offers.
+        for _attempt in range(4):
+            key = keys[int(rng.integers(len(keys)))]
+            items = pool[key]
+            item = items[int(rng.integers(len(items)))]
+            if item[0] not in used:
+                break
+        used.add(item[0])
         if cat == "referring":
             e, i = item
             out.append(Query(with_lead_in(e, rng), REFERRING_REPLY, scene.objects[i].mask,

@@ -75,6 +75,9 @@ def test_scene_invariants(seed: int) -> None:
 def test_num_objects_and_other_sizes() -> None:
     for n in range(1, 7):
         assert len(tt.render_scene(7, num_objects=n).objects) == n
+    for sd in range(20):  # even crowded frames of other shapes get every requested object
+        assert len(tt.render_scene(sd, 448, 448, num_objects=6).objects) == 6
+        assert len(tt.render_scene(sd, 640, 200, num_objects=6).objects) == 6
     s = tt.render_scene(3, width=320, height=240)
     assert s.image.shape == (240, 320, 3)
     for o in s.objects:
@@ -255,9 +258,12 @@ def test_sampled_queries_are_correct(seed: int) -> None:
 
 def test_sampled_mix() -> None:
     counts = {"referring": 0, "absent": 0, "question": 0}
-    lead_ins = 0
+    lead_ins = repeats = 0
     for sd in SEEDS:
-        for q in tt.sample_queries(scene(sd), np.random.default_rng(sd), 25):
+        qs = tt.sample_queries(scene(sd), np.random.default_rng(sd), 25)
+        few = tt.sample_queries(scene(sd), np.random.default_rng(sd), 8)
+        repeats += len(few) - len({q.expression for q in few})
+        for q in qs:
             if q.expression_type in tt.REFERRING_TYPES:
                 counts["referring"] += 1
             elif q.expression_type == "absent":
@@ -270,6 +276,7 @@ def test_sampled_mix() -> None:
     assert 0.08 < counts["absent"] / total < 0.22
     assert 0.08 < counts["question"] / total < 0.22
     assert lead_ins > 0.3 * (counts["referring"] + counts["absent"])
+    assert repeats < 0.05 * 8 * len(SEEDS)
 
 
 def test_vocabulary_covers_generated_text() -> None:
