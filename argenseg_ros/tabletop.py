@@ -214,6 +214,7 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
 
 
 def hue_in_range(hue: float, colour: str, tolerance: float = 0.0) -> bool:
+    """Whether ``hue`` (degrees) lies in the colour's spec range widened by ``tolerance``."""
     lo, hi = COLOUR_HSV[colour]["hue"]
     lo, hi = lo - tolerance, hi + tolerance
     hue %= 360.0
