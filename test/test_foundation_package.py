@@ -1,0 +1,158 @@
+"""Static checks of the package's metadata, pins, scripts and launch file."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
+import re
+import runpy
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+
+import pytest
+from conftest import PACKAGE, REPO_ROOT
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+
+def _setup_py_version() -> str:
+    match = re.search(r'^\s*version="([^"]+)"', (REPO_ROOT / "setup.py").read_text(), re.M)
+    assert match, "setup.py has no version=\"...\""
+    return match.group(1)
+
+
+def test_package_xml_is_format3_ament_python_with_its_dependencies():
+    root = ET.parse(REPO_ROOT / "package.xml").getroot()
+    assert root.tag == "package" and root.get("format") == "3"
+    assert root.findtext("name") == PACKAGE
+    assert root.findtext("export/build_type") == "ament_python"
+    exec_depends = {e.text for e in root.iter("exec_depend")}
+    required = {"rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "std_srvs", "diagnostic_msgs",
+                "cv_bridge", "launch_ros", "python3-torch", "python3-numpy", "python3-opencv",
+                "python3-pil", "python3-yaml"}
+    assert required <= exec_depends, required - exec_depends
+
+
+def test_versions_agree():
+    import argenseg_ros
+
+    xml_version = ET.parse(REPO_ROOT / "package.xml").getroot().findtext("version")
+    assert xml_version == _setup_py_version() == argenseg_ros.__version__
+
+
+def _requirements() -> list[Requirement]:
+    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    return [Requirement(line) for line in (raw.split("#")[0].strip() for raw in lines) if line]
+
+
+def test_requirements_are_pinned_and_match_this_venv():
+    reqs = _requirements()
+    names = {r.name.lower(): r for r in reqs}
+    for req in reqs:
+        spec = list(req.specifier)
+        assert len(spec) == 1 and spec[0].operator == "==", f"{req} is not pinned with =="
+        if req.name.lower().startswith("ros-"):
+            assert req.name.lower().startswith("ros-jazzy-"), f"{req}: use distro-prefixed ros-jazzy-* names"
+        installed = Version(importlib.metadata.version(req.name))
+        assert installed.public == spec[0].version, f"{req} but {installed} is installed: run scripts/setup.sh"
+    assert str(names["torch"].specifier) == "==2.13.0"
+    assert str(names["transformers"].specifier).startswith("==5.")
+    for name in ("ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "safetensors", "tokenizers",
+                 "opencv-python-headless", "pillow", "pyyaml", "pytest", "pytest-timeout"):
+        assert name in names, f"{name} missing from requirements.txt"
+
+
+def test_importing_the_package_stays_light():
+    code = ("import sys, argenseg_ros; "
+            "print(sorted(m for m in ('torch', 'transformers', 'rclpy', 'cv2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    first_block = readme.split("```")[1]
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines()[1:] if line.strip()]
+    assert commands == ["bash scripts/setup.sh && bash scripts/demo.sh", "bash scripts/test.sh"]
+    ci = (REPO_ROOT / ".ci/run").read_text()
+    assert "bash scripts/setup.sh" in ci and "bash scripts/test.sh" in ci
+    test_sh = (REPO_ROOT / "scripts/test.sh").read_text()
+    assert "ruff\" check ." in test_sh and "pytest\" -q test" in test_sh
+
+
+@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/test.sh", "scripts/demo.sh",
+                                    "scripts/ros_env.sh", ".ci/run"])
+def test_shell_scripts_parse_and_set_up_ros_safely(script):
+    subprocess.run(["bash", "-n", str(REPO_ROOT / script)], check=True)
+    text = (REPO_ROOT / script).read_text()
+    if script == "scripts/ros_env.sh":  # sourced: leaves shell options to its caller
+        assert "export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST" in text
+        return
+    assert "set -euo pipefail" in text
+    if script != "scripts/setup.sh":  # the scripts that start ROS processes
+        assert 'source "$repo/scripts/ros_env.sh"' in text
+
+
+class _Recorder:
+    """Stands in for any launch / launch_ros class or function: records its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _FakeModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        cls = type(name, (_Recorder,), {"__module__": self.__name__})
+        setattr(self, name, cls)
+        return cls
+
+
+class _FakeLaunchFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """launch and launch_ros are not installable here: fake them to read the launch file's actions."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname.split(".")[0] in ("launch", "launch_ros"):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = _FakeModule(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def _walk(obj):
+    yield obj
+    children = []
+    if isinstance(obj, _Recorder):
+        children = [*obj.args, *obj.kwargs.values()]
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    for child in children:
+        yield from _walk(child)
+
+
+def test_launch_file_starts_segment_node(monkeypatch):
+    for name in [m for m in sys.modules if m.split(".")[0] in ("launch", "launch_ros")]:
+        monkeypatch.delitem(sys.modules, name)
+    finder = _FakeLaunchFinder()
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    try:
+        namespace = runpy.run_path(str(REPO_ROOT / "launch" / "segment.launch.py"))
+        description = namespace["generate_launch_description"]()
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] in ("launch", "launch_ros")]:
+            sys.modules.pop(name, None)
+    nodes = [o for o in _walk(description) if type(o).__name__ == "Node" and
+             type(o).__module__.startswith("launch_ros")]
+    assert any(n.kwargs.get("package") == PACKAGE and n.kwargs.get("executable") == "segment_node"
+               for n in nodes), "no launch_ros Node(package='argenseg_ros', executable='segment_node')"
