@@ -37,6 +37,7 @@ from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"   # sharded format: index + model-0000i-of-0000n.safetensors
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_TYPE = "argenseg"
 
@@ -91,8 +92,8 @@ def image_to_pixel_values(image_hw3: np.ndarray, image_size: int) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
-def causal_attention_mask(key_valid_BT: torch.Tensor, q_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive (B, 1, q_len, T) mask: causal over cache order, padded keys hidden.
+def causal_attention_mask(key_valid_BT: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Boolean (B, 1, q_len, T) mask, True = attend: causal over cache order, padded keys hidden.
 
     The queries are the last `q_len` keys. A query always sees itself so padded query rows never
     produce NaNs (their outputs are ignored).
@@ -101,9 +102,7 @@ def causal_attention_mask(key_valid_BT: torch.Tensor, q_len: int, dtype: torch.d
     q_idx = torch.arange(T - q_len, T, device=key_valid_BT.device)[:, None]   # (q, 1)
     k_idx = torch.arange(T, device=key_valid_BT.device)[None, :]              # (1, T)
     allowed = (k_idx <= q_idx)[None] & key_valid_BT[:, None, :]               # (B, q, T)
-    allowed = allowed | (k_idx == q_idx)[None]
-    mask = torch.zeros(B, 1, q_len, T, dtype=dtype, device=key_valid_BT.device)
-    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+    return (allowed | (k_idx == q_idx)[None])[:, None]
 
 
 class ARGenSegModel(nn.Module):
@@ -198,11 +197,21 @@ class ARGenSegModel(nn.Module):
         return embeds
 
     # ---- decoder ---------------------------------------------------------------------------------
-    def decode(self, inputs_embeds_BTC: torch.Tensor, key_valid_BT: torch.Tensor,
+    def decode(self, inputs_embeds_BTC: torch.Tensor, key_valid_BT: torch.Tensor | None,
                position_ids_BT: torch.Tensor, cache: Any = None,
                output_hidden_states: bool = False) -> Any:
-        """LLM forward over one chunk; `key_valid_BT` covers the cache plus this chunk."""
-        mask = causal_attention_mask(key_valid_BT, inputs_embeds_BTC.shape[1], inputs_embeds_BTC.dtype)
+        """LLM forward over one chunk; `key_valid_BT` covers the cache plus this chunk.
+
+        `key_valid_BT=None` means plain causal attention over the chunk alone: right-padded
+        teacher-forced batches need no mask (valid tokens never look right), which lets SDPA use
+        its fused causal kernels.
+        """
+        mask = None
+        if key_valid_BT is not None:
+            mask = causal_attention_mask(key_valid_BT, inputs_embeds_BTC.shape[1])
+            if self.backbone.config.text_config._attn_implementation == "eager":
+                mask = torch.zeros(mask.shape, dtype=inputs_embeds_BTC.dtype, device=mask.device).masked_fill(
+                    ~mask, torch.finfo(inputs_embeds_BTC.dtype).min)
         return self.backbone.model.language_model(
             inputs_embeds=inputs_embeds_BTC, attention_mask=mask, position_ids=position_ids_BT,
             cache=cache, use_cache=cache is not None, output_hidden_states=output_hidden_states)
@@ -221,11 +230,14 @@ class ARGenSegModel(nn.Module):
         return F.linear(hidden_BC, weight)
 
     # ---- native format ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerFast) -> None:
+    def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerFast,
+                        storage_dtype: torch.dtype | None = None) -> None:
+        """Write the native format; `storage_dtype` (e.g. float16) halves the file of a shipped model."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to(storage_dtype if storage_dtype and v.is_floating_point() else v.dtype)
+                 .contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "model_type": MODEL_TYPE})
         tokenizer.save_pretrained(str(directory))
 
@@ -237,6 +249,8 @@ class ARGenSegModel(nn.Module):
         if not directory.is_dir():
             raise ModelLoadError(f"model directory {str(directory)!r} does not exist")
         missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (directory / f).is_file()]
+        if WEIGHTS_FILE in missing and (directory / WEIGHTS_INDEX_FILE).is_file():
+            missing.remove(WEIGHTS_FILE)   # sharded weights
         if missing:
             raise ModelLoadError(f"model directory {str(directory)!r} lacks {', '.join(missing)}")
         try:
@@ -245,7 +259,7 @@ class ARGenSegModel(nn.Module):
             raise ModelLoadError(f"{directory / CONFIG_FILE} is not a valid ARGenSeg config: {err}") from err
         with _default_dtype(dtype), torch.device(device):
             model = cls(config)
-        _load_safetensors_strict(model, directory / WEIGHTS_FILE, device, dtype)
+        _load_safetensors_strict(model, weight_files(directory), device, dtype)
         model.eval()
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
         _check_tokenizer(tokenizer, config, model.codebook_size)
@@ -262,26 +276,129 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def _load_safetensors_strict(model: nn.Module, path: Path, device: str | torch.device,
+def weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors files of a native model directory: the shards named by
+    `model.safetensors.index.json` if there is one, else `model.safetensors`."""
+    directory = Path(directory)
+    index_path = directory / WEIGHTS_INDEX_FILE
+    if not index_path.is_file():
+        if not (directory / WEIGHTS_FILE).is_file():
+            raise ModelLoadError(f"model directory {str(directory)!r} lacks {WEIGHTS_FILE}")
+        return [directory / WEIGHTS_FILE]
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ModelLoadError(f"{index_path} is not a valid safetensors index: {err}") from err
+    if not names or any(Path(n).name != n for n in names):
+        raise ModelLoadError(f"{index_path} must name shard files inside {str(directory)!r}")
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise ModelLoadError(f"model directory {str(directory)!r} lacks the shard(s) {', '.join(missing)} "
+                             f"named by {WEIGHTS_INDEX_FILE}")
+    return [directory / n for n in names]
+
+
+class ShardedSafetensorsWriter:
+    """Streams tensors into safetensors shards of at most `max_shard_bytes` each (a tensor larger
+    than that gets a shard of its own), so a model far larger than RAM can be written one tensor at
+    a time. `close()` names the shards `model-0000i-of-0000n.safetensors` and writes
+    `model.safetensors.index.json`; a single shard is written as plain `model.safetensors`."""
+
+    def __init__(self, directory: str | Path, max_shard_bytes: int, metadata: dict[str, str] | None = None):
+        if max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_shard_bytes = int(max_shard_bytes)
+        self.metadata = {"format": "pt", "model_type": MODEL_TYPE, **(metadata or {})}
+        self.total_bytes = 0
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._buffer_bytes = 0
+        self._shards: list[tuple[Path, list[str]]] = []   # (temporary file, keys)
+        self._seen: set[str] = set()
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        if key in self._seen:
+            raise ValueError(f"tensor {key!r} written twice")
+        self._seen.add(key)
+        tensor = tensor.detach().contiguous().cpu()
+        size = tensor.numel() * tensor.element_size()
+        if self._buffer and self._buffer_bytes + size > self.max_shard_bytes:
+            self._flush()
+        self._buffer[key] = tensor
+        self._buffer_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        path = self.directory / f".model-partial-{len(self._shards) + 1:05d}.safetensors"
+        save_file(self._buffer, str(path), metadata=self.metadata)
+        self._shards.append((path, list(self._buffer)))
+        self._buffer, self._buffer_bytes = {}, 0
+
+    def close(self) -> list[Path]:
+        """Write the last shard, give the shards their final names; returns the files written."""
+        self._flush()
+        n = len(self._shards)
+        for stale in [self.directory / WEIGHTS_FILE, self.directory / WEIGHTS_INDEX_FILE,
+                      *self.directory.glob("model-*-of-*.safetensors")]:
+            stale.unlink(missing_ok=True)
+        if n == 0:
+            raise ValueError("no tensors were written")
+        if n == 1:
+            target = self.directory / WEIGHTS_FILE
+            self._shards[0][0].replace(target)
+            return [target]
+        weight_map: dict[str, str] = {}
+        files = []
+        for i, (tmp, keys) in enumerate(self._shards, start=1):
+            target = self.directory / f"model-{i:05d}-of-{n:05d}.safetensors"
+            tmp.replace(target)
+            files.append(target)
+            weight_map.update({k: target.name for k in keys})
+        index = {"metadata": {"total_size": self.total_bytes, **self.metadata}, "weight_map": weight_map}
+        (self.directory / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=2))
+        return files
+
+
+def _load_safetensors_strict(model: nn.Module, path: Path | list[Path], device: str | torch.device,
                              dtype: torch.dtype) -> None:
-    """Copy tensors one at a time (no second full copy in RAM) and report every mismatch."""
+    """Copy tensors one at a time (no second full copy in RAM) and report every mismatch.
+
+    `path`: one safetensors file, or the shards of a sharded model (a key may live in one shard only).
+    """
+    paths = [path] if isinstance(path, Path) else list(path)
     expected = model.state_dict()
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        missing = sorted(set(expected) - keys)
-        unexpected = sorted(keys - set(expected))
-        wrong_shape = [k for k in sorted(keys & set(expected))
-                       if tuple(f.get_slice(k).get_shape()) != tuple(expected[k].shape)]
-        if missing or unexpected or wrong_shape:
-            parts = []
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-                if names:
-                    parts.append(f"{len(names)} {label} (e.g. {', '.join(names[:3])})")
-            raise ModelLoadError(f"{path} does not match its config.json: " + "; ".join(parts))
-        with torch.no_grad():
-            for key in keys:
-                target = expected[key]
-                target.copy_(f.get_tensor(key).to(device=target.device, dtype=target.dtype))
+    where: dict[str, Path] = {}
+    duplicated: list[str] = []
+    wrong_shape: list[str] = []
+    for p in paths:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            for k in f.keys():
+                if k in where:
+                    duplicated.append(k)
+                where[k] = p
+                if k in expected and tuple(f.get_slice(k).get_shape()) != tuple(expected[k].shape):
+                    wrong_shape.append(k)
+    keys = set(where)
+    missing = sorted(set(expected) - keys)
+    unexpected = sorted(keys - set(expected))
+    if missing or unexpected or wrong_shape or duplicated:
+        parts = []
+        for label, names in (("missing", missing), ("unexpected", unexpected),
+                             ("wrong shape", sorted(wrong_shape)), ("in several shards", sorted(duplicated))):
+            if names:
+                parts.append(f"{len(names)} {label} (e.g. {', '.join(names[:3])})")
+        source = str(paths[0]) if len(paths) == 1 else f"the {len(paths)} shards in {paths[0].parent}"
+        raise ModelLoadError(f"{source} does not match its config.json: " + "; ".join(parts))
+    with torch.no_grad():
+        for p in paths:
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    target = expected[key]
+                    target.copy_(f.get_tensor(key).to(device=target.device, dtype=target.dtype))
 
 
 def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, config: ARGenSegConfig, codebook_size: int) -> None:
@@ -344,3 +461,12 @@ def random_model(seed: int = 0, vqvae: VQVAEConfig | None = None, corpus: list[s
     torch.manual_seed(seed)
     config = build_config(token_ids, len(tokenizer), vqvae, **defaults)
     return ARGenSegModel(config).eval(), tokenizer
+
+
+def argenseg_8b_config(vqvae: VQVAEConfig | None = None) -> ARGenSegConfig:
+    """The configuration of the released ARGenSeg-8B (InternVL2.5-8B + VAR tokenizer) exactly as
+    `argenseg-convert` writes it for the release: random-weight benchmarks, sizing, tests."""
+    from .conversion import RELEASE_OFFICIAL_CONFIG, RELEASE_TOKEN_IDS, RELEASE_VOCAB_SIZE, config_from_official
+
+    return config_from_official(RELEASE_OFFICIAL_CONFIG, dict(RELEASE_TOKEN_IDS), RELEASE_VOCAB_SIZE,
+                                vqvae or VQVAEConfig.var_ch160v4096z32(), name="argenseg-8b")

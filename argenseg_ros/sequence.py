@@ -34,10 +34,83 @@ class TeacherBatch:
     targets: torch.Tensor        # (B, T) joint-vocabulary targets, IGNORE where no loss
     valid: torch.Tensor          # (B, T) bool
     scale: torch.Tensor          # (B, T) scale of the visual target, -1 for text targets / ignored
+    mask_index: torch.Tensor     # (B, T) which mask of the batch a slot belongs to, -1 for text
 
     def to(self, device: torch.device | str) -> "TeacherBatch":
-        return TeacherBatch(*(t.to(device) for t in (self.input_ids, self.slots, self.slot_inputs,
-                                                     self.targets, self.valid, self.scale)))
+        return TeacherBatch(*(t.to(device, non_blocking=True) for t in (
+            self.input_ids, self.slots, self.slot_inputs, self.targets, self.valid, self.scale, self.mask_index)))
+
+
+def layout_row(token_ids: dict[str, int], num_slots: int, prompt: list[int],
+               answer: list[int | None]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Sequence of one conversation before its masks are tokenized; `None` in `answer` is a mask.
+
+    Returns (input_ids, slots, targets, mask_ordinal): visual targets are left IGNORE (filled by
+    `fill_masks` once the masks are encoded), mask_ordinal numbers the row's masks at their slots.
+    No model is needed, so data-loader workers can do this.
+    """
+    seq: list[int] = list(prompt)
+    slots: list[int] = [-1] * len(prompt)
+    targets: list[int] = [IGNORE] * len(prompt)
+    ordinal: list[int] = [-1] * len(prompt)
+    n_masks = 0
+    for item in answer:
+        if item is None:
+            targets[-1] = token_ids["ge_start"]
+            seq += [token_ids["ge_start"]] + [token_ids["mask_context"]] * (num_slots - 1) + [token_ids["ge_end"]]
+            slots += list(range(num_slots)) + [-1]
+            targets += [IGNORE] * (num_slots + 1)
+            ordinal += [n_masks] * num_slots + [-1]
+            n_masks += 1
+        else:
+            targets[-1] = int(item)
+            seq.append(int(item))
+            slots.append(-1)
+            targets.append(IGNORE)
+            ordinal.append(-1)
+    return seq, slots, targets, ordinal
+
+
+def collate_rows(rows: list[tuple[list[int], list[int], list[int], list[int]]], pad_id: int,
+                 scale_of_slot: list[int], cvae: int, pad_to: int | None = None) -> TeacherBatch:
+    """Right-pad laid-out rows into a batch; mask ordinals become batch-wide mask indices."""
+    B = len(rows)
+    T = max(pad_to or 0, max(len(r[0]) for r in rows))
+    batch = TeacherBatch(
+        input_ids=torch.full((B, T), pad_id, dtype=torch.long),
+        slots=torch.full((B, T), -1, dtype=torch.long),
+        slot_inputs=torch.zeros(B, T, cvae),
+        targets=torch.full((B, T), IGNORE, dtype=torch.long),
+        valid=torch.zeros(B, T, dtype=torch.bool),
+        scale=torch.full((B, T), -1, dtype=torch.long),
+        mask_index=torch.full((B, T), -1, dtype=torch.long))
+    scale_lut = torch.tensor(scale_of_slot + [-1])       # index -1 -> -1
+    masks_before = 0
+    for b, (seq, slots, targets, ordinal) in enumerate(rows):
+        n = len(seq)
+        batch.input_ids[b, :n] = torch.tensor(seq)
+        slots_t = torch.tensor(slots)
+        batch.slots[b, :n] = slots_t
+        batch.targets[b, :n] = torch.tensor(targets)
+        batch.scale[b, :n] = scale_lut[slots_t]
+        batch.valid[b, :n] = True
+        ordinal_t = torch.tensor(ordinal)
+        batch.mask_index[b, :n] = torch.where(ordinal_t >= 0, ordinal_t + masks_before, -1)
+        masks_before += int(ordinal_t.max().clamp(min=-1)) + 1
+    return batch
+
+
+def fill_masks(batch: TeacherBatch, codes_ML: torch.Tensor, slot_inputs_MLC: torch.Tensor,
+               visual_offset: int) -> TeacherBatch:
+    """Put the batch's encoded masks in place: visual targets and next-scale slot inputs."""
+    at_slot = batch.mask_index >= 0
+    m, s = batch.mask_index[at_slot], batch.slots[at_slot]
+    batch.targets[at_slot] = codes_ML[m, s] + visual_offset
+    fed = at_slot & (batch.slots > 0)
+    inputs = batch.slot_inputs.to(slot_inputs_MLC.dtype)
+    inputs[fed] = slot_inputs_MLC[batch.mask_index[fed], batch.slots[fed] - 1]
+    batch.slot_inputs = inputs
+    return batch
 
 
 def mask_tokens_from_ids(model: ARGenSegModel, ids_per_scale: list[torch.Tensor]) -> list[MaskTokens]:
@@ -51,56 +124,22 @@ def build_teacher_batch(model: ARGenSegModel, prompts: list[list[int]],
                         answers: list[list[int | MaskTokens]]) -> TeacherBatch:
     """Answers are token ids with a `MaskTokens` where each mask goes (no <ge_start>/<ge_end>)."""
     ids = model.config.token_ids
-    cvae = model.vqvae.cfg.z_channels
-    L = model.num_slots
-    scale_of_slot = model.scale_of_slot.tolist()
-    rows = []
+    rows, masks = [], []
     for prompt, answer in zip(prompts, answers, strict=True):
-        seq: list[int] = list(prompt)
-        slots: list[int] = [-1] * len(prompt)
-        targets: list[int] = [IGNORE] * len(prompt)
-        scales: list[int] = [-1] * len(prompt)
-        pieces: list[tuple[int, torch.Tensor]] = []   # (start position, slot inputs) of each mask
-        for item in answer:
-            if isinstance(item, MaskTokens):
-                targets[-1] = ids["ge_start"]
-                start = len(seq)
-                seq += [ids["ge_start"]] + [ids["mask_context"]] * (L - 1) + [ids["ge_end"]]
-                slots += list(range(L)) + [-1]
-                targets += (item.codes + ids["visual_offset"]).tolist() + [IGNORE]
-                scales += scale_of_slot + [-1]
-                pieces.append((start, item.slot_inputs))
-            else:
-                targets[-1] = int(item)
-                seq.append(int(item))
-                slots.append(-1)
-                targets.append(IGNORE)
-                scales.append(-1)
-        rows.append((seq, slots, targets, scales, pieces))
-    B, T = len(rows), max(len(r[0]) for r in rows)
-    batch = TeacherBatch(
-        input_ids=torch.full((B, T), ids["pad"], dtype=torch.long),
-        slots=torch.full((B, T), -1, dtype=torch.long),
-        slot_inputs=torch.zeros(B, T, cvae, dtype=model.pos_1LC.dtype),
-        targets=torch.full((B, T), IGNORE, dtype=torch.long),
-        valid=torch.zeros(B, T, dtype=torch.bool),
-        scale=torch.full((B, T), -1, dtype=torch.long))
-    for b, (seq, slots, targets, scales, pieces) in enumerate(rows):
-        n = len(seq)
-        batch.input_ids[b, :n] = torch.tensor(seq)
-        batch.slots[b, :n] = torch.tensor(slots)
-        batch.targets[b, :n] = torch.tensor(targets)
-        batch.scale[b, :n] = torch.tensor(scales)
-        batch.valid[b, :n] = True
-        for start, inputs in pieces:
-            batch.slot_inputs[b, start + 1:start + L] = inputs.to(batch.slot_inputs.dtype).cpu()
+        rows.append(layout_row(ids, model.num_slots, prompt,
+                               [None if isinstance(a, MaskTokens) else a for a in answer]))
+        masks += [a for a in answer if isinstance(a, MaskTokens)]
+    batch = collate_rows(rows, ids["pad"], model.scale_of_slot.tolist(), model.vqvae.cfg.z_channels)
+    if masks:
+        batch = fill_masks(batch, torch.stack([m.codes for m in masks]),
+                           torch.stack([m.slot_inputs for m in masks]), ids["visual_offset"])
     return batch
 
 
 def teacher_forward(model: ARGenSegModel, batch: TeacherBatch, image_features_BNC: torch.Tensor,
                     output_hidden_states: bool = False):
-    """One causal forward over whole right-padded sequences; returns the LLM output."""
+    """One causal forward over whole right-padded sequences (no mask needed); returns the LLM output."""
     embeds = model.embed(batch.input_ids, slot_BT=batch.slots, slot_inputs_BTC=batch.slot_inputs,
                          image_features_BNC=image_features_BNC)
     position_ids = (batch.valid.long().cumsum(1) - 1).clamp(min=0)
-    return model.decode(embeds, batch.valid, position_ids, output_hidden_states=output_hidden_states)
+    return model.decode(embeds, None, position_ids, output_hidden_states=output_hidden_states)
