@@ -1,0 +1,735 @@
+"""Official ARGenSeg-8B checkpoint -> the package's native model directory (no remote code).
+
+The release uses InternVL's "internvl_chat" layout: an InternViT vision tower (`vision_model.*`),
+the `mlp1` projector, an InternLM2 LLM with a packed `attention.wqkv` (`language_model.*`), the
+next-scale modules `word_embed` / `pos_1LC` / `lvl_embed`, and optionally the VAR VQ-VAE under
+`image_tokenizer.*` (else it comes from VAR's `vae_ch160v4096z32.pth`). The native format is
+`backbone.<InternVLForConditionalGeneration key>` with a Llama text model (see docs/DESIGN.md).
+
+Conversion streams: every source tensor is read from its (memory-mapped) safetensors shard, renamed
+or split, cast, and appended to an output shard that is written as soon as it is full, so RAM holds
+about one output shard plus one tensor (8B with 4 GB shards: well under 24 GB). All names and
+shapes are checked against the target model (built on the meta device) before anything is written.
+
+The sentencepiece `tokenizer.model` is read by a small protobuf reader here (no `sentencepiece` or
+`protobuf` package needed) and rebuilt as a fast tokenizer; every added token, special and visual,
+keeps its original id.
+
+CLI: argenseg-convert --checkpoint DIR [--vqvae vae_ch160v4096z32.pth] --out DIR [--dtype bfloat16]
+                      [--shard-size-gb 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import InternVLConfig, PreTrainedTokenizerFast
+
+from .model import (
+    CONFIG_FILE,
+    INTERNVL_SYSTEM,
+    RELEASE_PROMPT_TEMPLATE,
+    ARGenSegConfig,
+    ARGenSegModel,
+    ShardedSafetensorsWriter,
+)
+from .tokenization import resolve_token_ids, visual_token
+from .vqvae import VQVAEConfig
+
+__all__ = [
+    "ConversionError", "convert_checkpoint", "config_from_official", "backbone_config_from_official",
+    "plan_conversion", "split_wqkv", "read_sentencepiece_model", "convert_tokenizer", "main",
+    "RELEASE_OFFICIAL_CONFIG", "RELEASE_TOKEN_IDS", "RELEASE_VOCAB_SIZE", "INTERNVL2_5_CHAT_TEMPLATE",
+]
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+OFFICIAL_INDEX = "model.safetensors.index.json"
+OFFICIAL_SINGLE = "model.safetensors"
+SPM_FILE = "tokenizer.model"
+
+# The ids of the release (InternVL2.5 vocabulary ends at 92552; ARGenSeg appends its tokens).
+RELEASE_VOCAB_SIZE = 96653
+RELEASE_TOKEN_IDS: dict[str, int] = {
+    "pad": 92542, "eos": 92542, "img_start": 92544, "img_end": 92545, "img_context": 92546,
+    "mask": 92553, "ge_start": 92554, "ge_end": 92555, "mask_context": 92556, "visual_offset": 92557,
+}
+# The parts of the release's config.json that conversion reads (InternVL2.5-8B numbers).
+RELEASE_OFFICIAL_CONFIG: dict[str, Any] = {
+    "model_type": "internvl_chat", "template": "internvl2_5", "downsample_ratio": 0.5,
+    "force_image_size": 448, "select_layer": -1, "ps_version": "v2",
+    "vision_config": {
+        "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+        "qkv_bias": True, "qk_normalization": False, "norm_type": "layer_norm", "layer_norm_eps": 1e-6,
+        "image_size": 448, "patch_size": 14, "hidden_act": "gelu", "initializer_factor": 0.1,
+    },
+    "llm_config": {
+        "architectures": ["InternLM2ForCausalLM"], "hidden_size": 4096, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+        "rms_norm_eps": 1e-5, "rope_theta": 1000000, "max_position_embeddings": 32768,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0}, "vocab_size": RELEASE_VOCAB_SIZE,
+        "hidden_act": "silu", "bias": False, "bos_token_id": 1,
+    },
+}
+
+# InternVL2.5's chat format (template "internvl2_5"): ChatML with InternVL's default system message.
+INTERNVL2_5_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set system_message = '" + INTERNVL_SYSTEM + "' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>system\\n' + system_message + '<|im_end|>\\n' }}"
+    "{%- for message in loop_messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+class ConversionError(RuntimeError):
+    """The official checkpoint is incomplete, inconsistent, or not the expected layout."""
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+
+
+def _pair(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def _need(section: dict[str, Any], key: str, where: str) -> Any:
+    if key not in section:
+        raise ConversionError(f"config.json: {where} has no {key!r}")
+    return section[key]
+
+
+def backbone_config_from_official(official: dict[str, Any], vocab_size: int,
+                                  token_ids: dict[str, int]) -> InternVLConfig:
+    """InternVLConfig (InternViT + pixel shuffle + Llama) equivalent to an internvl_chat config.json."""
+    vision = official.get("vision_config")
+    llm = official.get("llm_config")
+    if not isinstance(vision, dict) or not isinstance(llm, dict):
+        raise ConversionError("config.json lacks 'vision_config' / 'llm_config' (not an internvl_chat checkpoint?)")
+    archs = llm.get("architectures") or ["InternLM2ForCausalLM"]
+    if not any("InternLM2" in a for a in archs):
+        raise ConversionError(f"llm_config architectures {archs}: only InternLM2 LLMs are supported")
+    if official.get("ps_version", "v2") != "v2":
+        raise ConversionError(f"ps_version {official.get('ps_version')!r}: only pixel shuffle 'v2' is supported")
+    image_size = _pair(official.get("force_image_size") or _need(vision, "image_size", "vision_config"))
+    patch = _pair(_need(vision, "patch_size", "vision_config"))
+    ratio = float(official.get("downsample_ratio", 0.5))
+    side = image_size // patch
+    if side * patch != image_size or int(side * ratio) != side * ratio:
+        raise ConversionError(f"image size {image_size}, patch {patch}, downsample {ratio} do not tile")
+    hidden = int(_need(llm, "hidden_size", "llm_config"))
+    heads = int(_need(llm, "num_attention_heads", "llm_config"))
+    kv_heads = int(llm.get("num_key_value_heads", heads))
+    if hidden % heads or heads % kv_heads:
+        raise ConversionError(f"llm_config: hidden {hidden}, heads {heads}, kv heads {kv_heads} are inconsistent")
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
+    scaling = llm.get("rope_scaling")
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in ("dynamic", "linear"):
+            raise ConversionError(f"llm_config rope_scaling type {kind!r} is not supported")
+        rope.update(rope_type=kind, factor=float(scaling["factor"]))
+    text_config = dict(
+        model_type="llama", hidden_size=hidden, num_hidden_layers=int(_need(llm, "num_hidden_layers", "llm_config")),
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+        intermediate_size=int(_need(llm, "intermediate_size", "llm_config")), vocab_size=int(vocab_size),
+        max_position_embeddings=int(llm.get("max_position_embeddings", 32768)),
+        rms_norm_eps=float(llm.get("rms_norm_eps", 1e-6)), rope_parameters=rope,
+        hidden_act=llm.get("hidden_act", "silu"), attention_bias=bool(llm.get("bias", False)),
+        mlp_bias=False, tie_word_embeddings=False, bos_token_id=int(llm.get("bos_token_id", 1)),
+        pad_token_id=token_ids["pad"], eos_token_id=token_ids["eos"])
+    vision_config = dict(
+        model_type="internvl_vision", hidden_size=int(_need(vision, "hidden_size", "vision_config")),
+        num_hidden_layers=int(_need(vision, "num_hidden_layers", "vision_config")),
+        num_attention_heads=int(_need(vision, "num_attention_heads", "vision_config")),
+        intermediate_size=int(_need(vision, "intermediate_size", "vision_config")),
+        attention_bias=bool(vision.get("qkv_bias", True)), use_qk_norm=bool(vision.get("qk_normalization", False)),
+        norm_type=vision.get("norm_type", "layer_norm"), layer_norm_eps=float(vision.get("layer_norm_eps", 1e-6)),
+        hidden_act=vision.get("hidden_act", "gelu"), image_size=[image_size, image_size], patch_size=[patch, patch],
+        layer_scale_init_value=float(vision.get("initializer_factor", 0.1)),
+        # InternViT has no final LayerNorm: with use_mean_pooling the native tower's is an Identity.
+        use_mean_pooling=True)
+    return InternVLConfig(
+        vision_config=vision_config, text_config=text_config, image_token_id=token_ids["img_context"],
+        image_seq_length=int((side * ratio) ** 2), downsample_ratio=ratio, projector_hidden_act="gelu",
+        vision_feature_layer=int(official.get("select_layer", -1)), vision_feature_select_strategy="default",
+        tie_word_embeddings=False)
+
+
+def config_from_official(official: dict[str, Any], token_ids: dict[str, int], vocab_size: int,
+                         vqvae: VQVAEConfig, name: str = "argenseg-8b",
+                         extra: dict[str, Any] | None = None) -> ARGenSegConfig:
+    backbone = backbone_config_from_official(official, vocab_size, token_ids)
+    return ARGenSegConfig(backbone=backbone.to_dict(), vqvae=vqvae.to_dict(), token_ids=dict(token_ids),
+                          prompt_template=RELEASE_PROMPT_TEMPLATE, system_prompt=INTERNVL_SYSTEM, name=name,
+                          extra=dict(extra or {}))
+
+
+# ------------------------------------------------------------------------------------------------
+# weights: the plan (names and shapes, no data) and the transforms
+
+
+def split_wqkv(wqkv: torch.Tensor, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """InternLM2 packed `wqkv` (rows per KV group: its query heads, one key head, one value head)
+    -> Llama q_proj, k_proj, v_proj (head-major rows). Works for weights (2-D) and biases (1-D)."""
+    groups = num_heads // num_kv_heads
+    rows = wqkv.shape[0]
+    head_dim = rows // (num_heads + 2 * num_kv_heads)
+    if head_dim * (num_heads + 2 * num_kv_heads) != rows or groups * num_kv_heads != num_heads:
+        raise ConversionError(f"wqkv with {rows} rows does not hold {num_heads} query + 2x{num_kv_heads} kv heads")
+    packed = wqkv.reshape(num_kv_heads, groups + 2, head_dim, *wqkv.shape[1:])
+    q = packed[:, :groups].reshape(num_heads * head_dim, *wqkv.shape[1:])
+    k = packed[:, groups].reshape(num_kv_heads * head_dim, *wqkv.shape[1:])
+    v = packed[:, groups + 1].reshape(num_kv_heads * head_dim, *wqkv.shape[1:])
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def _split_rows3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if t.shape[0] % 3:
+        raise ConversionError(f"vision qkv with {t.shape[0]} rows cannot be split in three")
+    return tuple(x.contiguous() for x in t.chunk(3, dim=0))  # type: ignore[return-value]
+
+
+V = "backbone.model.vision_tower."
+T = "backbone.model.language_model."
+_VISION_LAYER = {
+    "attn.proj": "attention.projection_layer", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "norm1": "layernorm_before", "norm2": "layernorm_after", "attn.q_norm": "attention.q_norm",
+    "attn.k_norm": "attention.k_norm",
+}
+_TEXT_LAYER = {
+    "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
+    "feed_forward.w2": "mlp.down_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+_PROJECTOR = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
+_SIMPLE = {
+    "vision_model.embeddings.class_embedding": V + "embeddings.cls_token",
+    "vision_model.embeddings.position_embedding": V + "embeddings.position_embeddings",
+    "vision_model.embeddings.patch_embedding.weight": V + "embeddings.patch_embeddings.projection.weight",
+    "vision_model.embeddings.patch_embedding.bias": V + "embeddings.patch_embeddings.projection.bias",
+    "language_model.model.tok_embeddings.weight": T + "embed_tokens.weight",
+    "language_model.model.norm.weight": T + "norm.weight",
+    "language_model.output.weight": "backbone.lm_head.weight",
+    "word_embed.weight": "word_embed.weight", "word_embed.bias": "word_embed.bias",
+    "pos_1LC": "pos_1LC", "lvl_embed.weight": "lvl_embed.weight",
+}
+_RE_VISION = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_RE_VISION_LS = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.ls([12])$")
+_RE_PROJECTOR = re.compile(r"mlp1\.(\d+)\.(weight|bias)$")
+_RE_TEXT = re.compile(r"language_model\.model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+Transform = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+@dataclass
+class KeyPlan:
+    """One source tensor -> one or more native tensors."""
+    source: str
+    targets: list[str]
+    transform: Transform | None = None          # None: the tensor as it is
+
+
+def map_key(key: str, num_heads: int, num_kv_heads: int) -> KeyPlan | None:
+    """The native key(s) of one official key; None for a key this converter does not know."""
+    if key in _SIMPLE:
+        return KeyPlan(key, [_SIMPLE[key]])
+    if key.startswith("image_tokenizer."):
+        return KeyPlan(key, ["vqvae." + key[len("image_tokenizer."):]])
+    if m := _RE_VISION_LS.fullmatch(key):
+        return KeyPlan(key, [f"{V}encoder.layer.{m[1]}.lambda_{m[2]}"])
+    if m := _RE_VISION.fullmatch(key):
+        layer, name, kind = m.groups()
+        base = f"{V}encoder.layer.{layer}."
+        if name == "attn.qkv":
+            return KeyPlan(key, [f"{base}attention.{p}_proj.{kind}" for p in "qkv"], _split_rows3)
+        if name in _VISION_LAYER:
+            return KeyPlan(key, [f"{base}{_VISION_LAYER[name]}.{kind}"])
+        return None
+    if m := _RE_PROJECTOR.fullmatch(key):
+        if m[1] in _PROJECTOR:
+            return KeyPlan(key, [f"backbone.model.multi_modal_projector.{_PROJECTOR[m[1]]}.{m[2]}"])
+        return None
+    if m := _RE_TEXT.fullmatch(key):
+        layer, name, kind = m.groups()
+        base = f"{T}layers.{layer}."
+        if name == "attention.wqkv":
+            return KeyPlan(key, [f"{base}self_attn.{p}_proj.{kind}" for p in "qkv"],
+                           lambda t: list(split_wqkv(t, num_heads, num_kv_heads)))
+        if name in _TEXT_LAYER:
+            return KeyPlan(key, [f"{base}{_TEXT_LAYER[name]}.{kind}"])
+        return None
+    return None
+
+
+@dataclass
+class ConversionPlan:
+    shards: list[tuple[Path, list[KeyPlan]]]      # official shard -> its keys, in order
+    vqvae_from_pth: bool
+    skipped: list[str] = field(default_factory=list)
+
+
+def _official_shards(checkpoint: Path) -> list[Path]:
+    index = checkpoint / OFFICIAL_INDEX
+    if index.is_file():
+        try:
+            names = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise ConversionError(f"{index} is not a valid safetensors index: {err}") from err
+        missing = [n for n in names if not (checkpoint / n).is_file()]
+        if missing:
+            raise ConversionError(f"{checkpoint} lacks the shard(s) {', '.join(missing)} named by {OFFICIAL_INDEX}")
+        return [checkpoint / n for n in names]
+    if (checkpoint / OFFICIAL_SINGLE).is_file():
+        return [checkpoint / OFFICIAL_SINGLE]
+    found = sorted(p.name for p in checkpoint.glob("*.safetensors"))
+    hint = f" (found {', '.join(found[:3])} but no index)" if found else ""
+    raise ConversionError(f"{checkpoint} has neither {OFFICIAL_INDEX} nor {OFFICIAL_SINGLE}{hint}")
+
+
+def _shape_after(plan: KeyPlan, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    if plan.transform is None:
+        return [shape]
+    return [tuple(t.shape) for t in plan.transform(torch.empty(shape, device="meta"))]
+
+
+def plan_conversion(checkpoint: Path, expected: dict[str, torch.Size], num_heads: int, num_kv_heads: int,
+                    vqvae_keys: dict[str, tuple[int, ...]] | None, skip: re.Pattern[str] | None = None) -> ConversionPlan:
+    """Map every official key, check names and shapes against `expected` (native key -> shape).
+
+    `vqvae_keys`: shapes of an external VQ-VAE state dict (`.pth`), or None (then the checkpoint's
+    `image_tokenizer.*` keys must provide it). Raises ConversionError listing every problem.
+    """
+    unknown: list[str] = []
+    wrong: list[str] = []
+    produced: dict[str, str] = {}
+    shards: list[tuple[Path, list[KeyPlan]]] = []
+    skipped: list[str] = []
+    has_image_tokenizer = False
+    for shard in _official_shards(checkpoint):
+        plans = []
+        with safe_open(str(shard), framework="pt", device="cpu") as f:
+            for key in sorted(f.keys()):
+                if skip is not None and skip.search(key):
+                    skipped.append(key)
+                    continue
+                plan = map_key(key, num_heads, num_kv_heads)
+                if plan is None:
+                    unknown.append(key)
+                    continue
+                if key.startswith("image_tokenizer."):
+                    has_image_tokenizer = True
+                    if vqvae_keys is not None:    # the .pth wins; the embedded copy is not converted
+                        skipped.append(key)
+                        continue
+                shape = tuple(f.get_slice(key).get_shape())
+                try:
+                    out_shapes = _shape_after(plan, shape)
+                except (ConversionError, RuntimeError) as err:
+                    wrong.append(f"{key} {list(shape)}: {err}")
+                    continue
+                for target, out_shape in zip(plan.targets, out_shapes):
+                    if target in produced:
+                        wrong.append(f"{target} comes from both {produced[target]} and {key}")
+                    produced[target] = key
+                    if target not in expected:
+                        unknown.append(f"{key} (-> {target}, which the model does not have)")
+                    elif tuple(expected[target]) != out_shape:
+                        wrong.append(f"{key} {list(shape)} -> {target} {list(out_shape)}, "
+                                     f"expected {list(expected[target])}")
+                plans.append(plan)
+        shards.append((shard, plans))
+    if vqvae_keys is not None:
+        for key, shape in vqvae_keys.items():
+            target = "vqvae." + key
+            produced[target] = "--vqvae"
+            if target not in expected:
+                unknown.append(f"{key} of the --vqvae file")
+            elif tuple(expected[target]) != tuple(shape):
+                wrong.append(f"{key} {list(shape)} of the --vqvae file, expected {list(expected[target])}")
+    missing = sorted(set(expected) - set(produced))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} unknown key(s): " + "; ".join(unknown[:8]))
+    if wrong:
+        problems.append(f"{len(wrong)} wrong shape(s): " + "; ".join(wrong[:8]))
+    if missing:
+        vq_missing = [k for k in missing if k.startswith("vqvae.")]
+        hint = (" (the checkpoint has no image_tokenizer.* keys: pass the VAR tokenizer with --vqvae "
+                "vae_ch160v4096z32.pth)") if vq_missing and not has_image_tokenizer and vqvae_keys is None else ""
+        problems.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:8]) + hint)
+    if problems:
+        raise ConversionError(f"{checkpoint} does not match the expected ARGenSeg layout:\n  " + "\n  ".join(problems))
+    return ConversionPlan(shards=shards, vqvae_from_pth=vqvae_keys is not None, skipped=skipped)
+
+
+def load_vqvae_state(path: Path) -> dict[str, torch.Tensor]:
+    """VAR's `vae_ch160v4096z32.pth`: a plain state dict (or one under 'state_dict' / 'model')."""
+    if not path.is_file():
+        raise ConversionError(f"VQ-VAE file {str(path)!r} does not exist")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:   # an old (non-zip) torch file cannot be memory-mapped
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+        raise ConversionError(f"cannot read the VQ-VAE file {path}: {err}") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConversionError(f"{path} does not hold a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer: a minimal reader of sentencepiece's ModelProto
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(buf):
+            raise ConversionError("truncated protobuf varint in tokenizer.model")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of a protobuf message; value: int, bytes, or raw fixed bytes."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        elif wire == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise ConversionError(f"unsupported protobuf wire type {wire} in tokenizer.model")
+        if pos > len(buf):
+            raise ConversionError("truncated protobuf message in tokenizer.model")
+        yield number, wire, value
+
+
+# sentencepiece piece types
+SP_NORMAL, SP_UNKNOWN, SP_CONTROL, SP_USER_DEFINED, SP_UNUSED, SP_BYTE = 1, 2, 3, 4, 5, 6
+SP_UNIGRAM, SP_BPE = 1, 2
+
+
+@dataclass
+class SentencePieceModel:
+    pieces: list[tuple[str, float, int]]          # (piece, score, type) by id
+    model_type: int = SP_UNIGRAM
+    byte_fallback: bool = False
+    add_dummy_prefix: bool = True
+    unk_id: int = 0
+
+
+def read_sentencepiece_model(path: Path) -> SentencePieceModel:
+    """Pieces, scores, types and the few trainer/normalizer flags a fast tokenizer needs."""
+    if not path.is_file():
+        raise ConversionError(f"tokenizer file {str(path)!r} does not exist")
+    data = path.read_bytes()
+    model = SentencePieceModel(pieces=[])
+    for number, wire, value in _fields(data):
+        if number == 1 and wire == 2:              # ModelProto.pieces
+            piece, score, kind = "", 0.0, SP_NORMAL
+            for n, w, v in _fields(value):
+                if n == 1 and w == 2:
+                    piece = v.decode("utf-8")
+                elif n == 2 and w == 5:
+                    score = struct.unpack("<f", v)[0]
+                elif n == 3 and w == 0:
+                    kind = v
+            model.pieces.append((piece, score, kind))
+        elif number == 2 and wire == 2:            # TrainerSpec
+            for n, w, v in _fields(value):
+                if n == 3 and w == 0:
+                    model.model_type = v
+                elif n == 35 and w == 0:
+                    model.byte_fallback = bool(v)
+                elif n == 40 and w == 0:
+                    model.unk_id = v
+        elif number == 3 and wire == 2:            # NormalizerSpec
+            for n, w, v in _fields(value):
+                if n == 3 and w == 0:
+                    model.add_dummy_prefix = bool(v)
+    if not model.pieces:
+        raise ConversionError(f"{path} holds no sentencepiece pieces (not a sentencepiece model?)")
+    return model
+
+
+def _bpe_merges(sp: SentencePieceModel) -> list[tuple[str, str]]:
+    """Merges equivalent to sentencepiece BPE: a piece is built from any split whose two parts are
+    pieces; merges are ranked by the built piece's score (then id), then by the parts' ids."""
+    vocab = {p: i for i, (p, _, kind) in enumerate(sp.pieces) if kind == SP_NORMAL}
+    ranked = sorted(vocab.items(), key=lambda item: (-sp.pieces[item[1]][1], item[1]))
+    merges: list[tuple[str, str]] = []
+    for piece, _ in ranked:
+        local = [(piece[:i], piece[i:]) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        local.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+        merges.extend(local)
+    return merges
+
+
+def _added_tokens(checkpoint: Path) -> dict[int, dict[str, Any]]:
+    """id -> AddedToken fields, from tokenizer_config.json's added_tokens_decoder and added_tokens.json."""
+    added: dict[int, dict[str, Any]] = {}
+    config_path = checkpoint / "tokenizer_config.json"
+    if config_path.is_file():
+        for key, value in json.loads(config_path.read_text()).get("added_tokens_decoder", {}).items():
+            added[int(key)] = dict(value)
+    json_path = checkpoint / "added_tokens.json"
+    if json_path.is_file():
+        for content, token_id in json.loads(json_path.read_text()).items():
+            old = added.get(int(token_id))
+            if old is not None and old["content"] != content:
+                raise ConversionError(f"id {token_id} is {old['content']!r} in tokenizer_config.json but "
+                                      f"{content!r} in added_tokens.json")
+            added.setdefault(int(token_id), {"content": content, "special": True})
+    return added
+
+
+def convert_tokenizer(checkpoint: Path, codebook_size: int) -> tuple[PreTrainedTokenizerFast, dict[str, int], list[str]]:
+    """The release's sentencepiece tokenizer + added tokens -> a fast tokenizer with the same ids.
+
+    Returns the tokenizer, the resolved token ids (tokenization.resolve_token_ids) and notes.
+    """
+    sp = read_sentencepiece_model(checkpoint / SPM_FILE)
+    notes: list[str] = []
+    vocab = {}
+    for i, (piece, _, _) in enumerate(sp.pieces):
+        if piece in vocab:
+            raise ConversionError(f"tokenizer.model holds piece {piece!r} twice (ids {vocab[piece]} and {i})")
+        vocab[piece] = i
+    unk = sp.pieces[sp.unk_id][0] if sp.unk_id < len(sp.pieces) else None
+    if sp.model_type == SP_BPE:
+        model = models.BPE(vocab=vocab, merges=_bpe_merges(sp), unk_token=unk, fuse_unk=True,
+                           byte_fallback=sp.byte_fallback)
+    elif sp.model_type == SP_UNIGRAM:
+        model = models.Unigram([(p, s) for p, s, _ in sp.pieces], unk_id=sp.unk_id, byte_fallback=sp.byte_fallback)
+    else:
+        raise ConversionError(f"tokenizer.model type {sp.model_type}: only BPE (2) and Unigram (1) are supported")
+    tok = Tokenizer(model)
+    # legacy=False and no prefix space: text after a special token is not given a leading "▁".
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    if sp.add_dummy_prefix:
+        notes.append("tokenizer.model asks for a dummy prefix; converted without one (legacy=False, as InternVL)")
+
+    added = _added_tokens(checkpoint)
+    for i, (piece, _, kind) in enumerate(sp.pieces):   # control / user-defined pieces never split
+        if kind in (SP_CONTROL, SP_USER_DEFINED, SP_UNKNOWN) and i not in added:
+            added[i] = {"content": piece, "special": kind != SP_USER_DEFINED}
+    n = len(sp.pieces)
+    for token_id, info in sorted(added.items()):
+        if token_id < n and info["content"] != sp.pieces[token_id][0]:
+            raise ConversionError(f"added token {info['content']!r} claims id {token_id}, which tokenizer.model "
+                                  f"gives to {sp.pieces[token_id][0]!r}")
+    beyond = sorted(i for i in added if i >= n)
+    if beyond and beyond != list(range(n, n + len(beyond))):
+        gap = next(i for k, i in enumerate(beyond) if i != n + k)
+        raise ConversionError(f"added token ids must follow tokenizer.model's {n} pieces without gaps; "
+                              f"id {gap} comes after {n + beyond.index(gap) - 1}")
+    run: list[AddedToken] = []
+    run_special: bool | None = None
+
+    def flush() -> None:
+        if run:
+            (tok.add_special_tokens if run_special else tok.add_tokens)(list(run))
+            run.clear()
+
+    for token_id, info in sorted(added.items()):
+        special = bool(info.get("special", True))
+        if special != run_special:
+            flush()
+            run_special = special
+        run.append(AddedToken(info["content"], single_word=bool(info.get("single_word", False)),
+                              lstrip=bool(info.get("lstrip", False)), rstrip=bool(info.get("rstrip", False)),
+                              normalized=bool(info.get("normalized", False)), special=special))
+    flush()
+    moved = [(info["content"], i, tok.token_to_id(info["content"])) for i, info in sorted(added.items())
+             if tok.token_to_id(info["content"]) != i]
+    if moved:
+        raise ConversionError(f"{len(moved)} added token(s) would change id, e.g. " +
+                              ", ".join(f"{c!r} {a}->{b}" for c, a, b in moved[:3]))
+
+    tk_config = {}
+    if (checkpoint / "tokenizer_config.json").is_file():
+        tk_config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+    specials = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = tk_config.get(name)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str) and tok.token_to_id(value) is not None:
+            specials[name] = value
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
+                                        model_max_length=int(tk_config.get("model_max_length", 8192)), **specials)
+    tokenizer.chat_template = tk_config.get("chat_template") or INTERNVL2_5_CHAT_TEMPLATE
+    try:
+        token_ids = resolve_token_ids(tokenizer, codebook_size)
+    except ValueError as err:
+        raise ConversionError(f"the release tokenizer lacks ARGenSeg tokens: {err}") from err
+    if tokenizer.convert_tokens_to_ids(visual_token(codebook_size)) not in (None, tokenizer.unk_token_id):
+        raise ConversionError(f"tokenizer has more than {codebook_size} visual tokens")
+    return tokenizer, token_ids, notes
+
+
+# ------------------------------------------------------------------------------------------------
+# the conversion
+
+
+def convert_checkpoint(checkpoint: str | Path, out: str | Path, vqvae_path: str | Path | None = None,
+                       dtype: str | torch.dtype = "bfloat16", shard_size_gb: float = 4.0,
+                       skip_keys: str | None = None, overwrite: bool = False,
+                       vqvae_config: VQVAEConfig | None = None,
+                       log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Convert an official ARGenSeg checkpoint directory into a native model directory.
+
+    `vqvae_config`: the mask tokenizer's configuration (default: VAR's vae_ch160v4096z32, 256px).
+
+    Returns a summary (counts, sizes, token ids, files). Raises ConversionError with the reason.
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda _msg: None)
+    checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
+    torch_dtype = DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if torch_dtype is None:
+        raise ConversionError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if not checkpoint.is_dir():
+        raise ConversionError(f"checkpoint directory {str(checkpoint)!r} does not exist")
+    if not (checkpoint / "config.json").is_file():
+        raise ConversionError(f"{checkpoint} lacks config.json")
+    if out.resolve() == checkpoint.resolve():
+        raise ConversionError("--out must differ from --checkpoint")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConversionError(f"output directory {str(out)!r} is not empty (pass --overwrite to replace its model files)")
+    try:
+        official = json.loads((checkpoint / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ConversionError(f"{checkpoint / 'config.json'} is not valid JSON: {err}") from err
+
+    vq_cfg = vqvae_config or VQVAEConfig.var_ch160v4096z32()
+    tokenizer, token_ids, notes = convert_tokenizer(checkpoint, vq_cfg.vocab_size)
+    vocab_size = len(tokenizer)
+    declared = official.get("llm_config", {}).get("vocab_size")
+    if declared is not None and int(declared) != vocab_size:
+        notes.append(f"llm_config.vocab_size {declared} differs from the tokenizer's {vocab_size}; "
+                     f"the embedding shapes decide")
+    config = config_from_official(official, token_ids, vocab_size, vq_cfg, extra={
+        "converted_from": checkpoint.name, "source_template": official.get("template"),
+        "converter": "argenseg-convert", "vqvae_source": Path(vqvae_path).name if vqvae_path else "image_tokenizer.*"})
+    try:
+        with torch.device("meta"):
+            meta_model = ARGenSegModel(config)
+    except ValueError as err:
+        raise ConversionError(f"checkpoint configuration is inconsistent: {err}") from err
+    expected = {k: v.shape for k, v in meta_model.state_dict().items()}
+    text_cfg = config.backbone_config().text_config
+    vq_state = load_vqvae_state(Path(vqvae_path).expanduser()) if vqvae_path else None
+    skip = re.compile(skip_keys) if skip_keys else None
+    plan = plan_conversion(checkpoint, expected, text_cfg.num_attention_heads, text_cfg.num_key_value_heads,
+                           {k: tuple(v.shape) for k, v in vq_state.items()} if vq_state is not None else None, skip)
+    say(f"checked {sum(len(p) for _, p in plan.shards)} tensors in {len(plan.shards)} shard(s) "
+        f"against {len(expected)} native tensors")
+
+    out.mkdir(parents=True, exist_ok=True)
+    writer = ShardedSafetensorsWriter(out, int(shard_size_gb * 1e9), metadata={"source": checkpoint.name})
+    written = 0
+    with torch.no_grad():
+        for shard, plans in plan.shards:
+            with safe_open(str(shard), framework="pt", device="cpu") as f:
+                for p in plans:
+                    tensor = f.get_tensor(p.source)
+                    outputs = p.transform(tensor) if p.transform else [tensor]
+                    for target, value in zip(p.targets, outputs):
+                        writer.add(target, value.to(torch_dtype) if value.is_floating_point() else value)
+                        written += 1
+                    del tensor, outputs
+            say(f"  {shard.name}: {len(plans)} tensors")
+        if vq_state is not None:
+            for key, value in vq_state.items():
+                writer.add("vqvae." + key, value.to(torch_dtype) if value.is_floating_point() else value)
+                written += 1
+    files = writer.close()
+    (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False))
+    tokenizer.save_pretrained(str(out))
+    summary = {
+        "checkpoint": str(checkpoint), "out": str(out), "dtype": str(torch_dtype).replace("torch.", ""),
+        "tensors": written, "bytes": writer.total_bytes, "files": [f.name for f in files],
+        "vocab_size": vocab_size, "token_ids": token_ids, "vqvae_from": "--vqvae" if vq_state is not None
+        else "image_tokenizer.*", "skipped_keys": len(plan.skipped), "notes": notes,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="argenseg-convert",
+        description="Convert the official ARGenSeg-8B checkpoint (InternVL internvl_chat layout) into the "
+                    "argenseg_ros native model directory. Local files only.")
+    parser.add_argument("--checkpoint", required=True, help="official checkpoint directory (config.json, "
+                        "safetensors shards + model.safetensors.index.json, tokenizer.model, tokenizer_config.json)")
+    parser.add_argument("--vqvae", default=None, help="VAR tokenizer vae_ch160v4096z32.pth (needed when the "
+                        "checkpoint has no image_tokenizer.* keys; takes precedence over them)")
+    parser.add_argument("--out", required=True, help="output native model directory (new or empty)")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="storage dtype (default bfloat16)")
+    parser.add_argument("--shard-size-gb", type=float, default=4.0, help="largest output shard, GB (default 4)")
+    parser.add_argument("--skip-keys", default=None, metavar="REGEX",
+                        help="drop official keys matching REGEX instead of failing on them as unknown")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--vqvae-config", default=None, metavar="JSON",
+                        help="VQVAEConfig of another mask tokenizer as a JSON file (default: vae_ch160v4096z32, 256px)")
+    args = parser.parse_args(argv)
+    try:
+        vq_cfg = None
+        if args.vqvae_config:
+            try:
+                vq_cfg = VQVAEConfig.from_dict(json.loads(Path(args.vqvae_config).read_text()))
+            except (OSError, ValueError, TypeError) as err:
+                raise ConversionError(f"--vqvae-config {args.vqvae_config}: {err}") from err
+        summary = convert_checkpoint(args.checkpoint, args.out, args.vqvae, args.dtype, args.shard_size_gb,
+                                     args.skip_keys, args.overwrite, vq_cfg)
+    except ConversionError as err:
+        print(f"argenseg-convert: error: {err}", file=sys.stderr)
+        return 2
+    ids = summary["token_ids"]
+    print(f"converted {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB, {summary['dtype']}) "
+          f"into {len(summary['files'])} file(s) in {summary['out']} in {summary['seconds']} s")
+    print(f"vocabulary {summary['vocab_size']}: eos {ids['eos']}, <IMG_CONTEXT> {ids['img_context']}, "
+          f"<ge_start> {ids['ge_start']}, visual tokens {ids['visual_offset']}..{summary['vocab_size'] - 1}; "
+          f"VQ-VAE from {summary['vqvae_from']}")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

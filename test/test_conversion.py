@@ -1,0 +1,468 @@
+"""argenseg-convert on a synthetic "official-format" ARGenSeg checkpoint.
+
+The test writes, with tiny sizes and random weights, exactly what the release ships: InternVL's
+internvl_chat config.json, safetensors shards + model.safetensors.index.json with the release's key
+names (InternViT `attn.qkv`, `mlp1.{0,1,3}`, InternLM2 packed `attention.wqkv`, `word_embed`,
+`pos_1LC`, `lvl_embed`, `image_tokenizer.*`), a sentencepiece BPE `tokenizer.model` (protobuf,
+written by hand below) and a tokenizer_config.json whose added tokens follow the release's layout
+(InternVL tokens, then <mask> <ge_start> <ge_end> <MASK_CONTEXT>, then the visual tokens). The
+converted model is checked against forwards computed directly from the official (packed) weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from argenseg_ros import conversion
+from argenseg_ros.conversion import ConversionError, convert_checkpoint, convert_tokenizer, split_wqkv
+from argenseg_ros.model import (
+    ARGenSegModel,
+    ModelLoadError,
+    ShardedSafetensorsWriter,
+    argenseg_8b_config,
+    random_model,
+    weight_files,
+)
+from argenseg_ros.tokenization import visual_token
+from argenseg_ros.vqvae import MultiScaleVQVAE, VQVAEConfig
+
+TINY_VQ = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                      patch_nums=(1, 2, 4), image_size=8, share_quant_resi=2)
+VIS = dict(hidden=32, layers=2, heads=2, inter=64, image=56, patch=14)
+LLM = dict(hidden=64, layers=2, heads=4, kv=2, inter=96, theta=10000.0, eps=1e-5)
+
+# InternVL's added tokens (after the sentencepiece vocabulary), then ARGenSeg's.
+INTERNVL_ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+ARGENSEG_ADDED = ["<mask>", "<ge_start>", "<ge_end>", "<MASK_CONTEXT>"]
+
+
+# ---- a sentencepiece model written by hand (protobuf wire format) --------------------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes | int) -> bytes:
+    tag = _varint(number << 3 | wire)
+    if wire == 0:
+        return tag + _varint(int(payload))
+    if wire == 2:
+        return tag + _varint(len(payload)) + payload
+    return tag + payload  # wire 5: 4 raw bytes
+
+
+def write_spm(path: Path, pieces: list[tuple[str, float, int]], byte_fallback: bool = True) -> None:
+    msg = b""
+    for piece, score, kind in pieces:
+        body = _field(1, 2, piece.encode()) + _field(2, 5, struct.pack("<f", score)) + _field(3, 0, kind)
+        msg += _field(1, 2, body)
+    trainer = _field(3, 0, 2) + _field(4, 0, len(pieces)) + _field(35, 0, int(byte_fallback)) + _field(40, 0, 0)
+    normalizer = _field(1, 2, b"identity") + _field(3, 0, 0)
+    path.write_bytes(msg + _field(2, 2, trainer) + _field(3, 2, normalizer))
+
+
+def spm_pieces(filler: int = 0) -> list[tuple[str, float, int]]:
+    """<unk> <s> </s>, 256 byte pieces, chars + merges (scores decide merge order), [filler],
+    then InternLM2's user-defined chat tokens at the end of the sentencepiece vocabulary."""
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
+    pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    chars = list("▁abcdeghilmnoprstuwy,.:;")
+    merges = ["he", "ll", "hell", "hello", "▁w", "or", "ld", "▁wor", "▁world", "▁t", "▁the", "re", "▁re",
+              "▁red", "▁c", "up", "▁cup", "▁s", "eg", "▁seg"]
+    score = 0.0
+    for m in merges:
+        score -= 1.0
+        pieces.append((m, score, 1))
+    for c in chars:
+        pieces.append((c, -100.0, 1))
+    pieces += [(f"▁filler{i}", -200.0 - i, 1) for i in range(filler)]
+    pieces += [("<|plugin|>", 0.0, 4), ("<|action_start|>", 0.0, 4), ("<|im_end|>", 0.0, 4), ("<|im_start|>", 0.0, 4)]
+    # InternLM2 has <|im_end|> at 92542 and <|im_start|> at 92543: the last two pieces.
+    return pieces
+
+
+def write_tokenizer(directory: Path, codebook: int, filler: int = 0) -> dict[str, int]:
+    pieces = spm_pieces(filler)
+    write_spm(directory / "tokenizer.model", pieces)
+    n = len(pieces)
+    added = INTERNVL_ADDED + ARGENSEG_ADDED + [visual_token(i) for i in range(codebook)]
+    decoder = {str(i): {"content": p, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                        "single_word": False} for i, (p, _, kind) in enumerate(pieces) if kind in (2, 3, 4)}
+    for k, content in enumerate(added):
+        decoder[str(n + k)] = {"content": content, "special": True, "lstrip": False, "rstrip": False,
+                               "normalized": False, "single_word": False}
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "InternLM2Tokenizer", "added_tokens_decoder": decoder, "bos_token": "<s>",
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>", "model_max_length": 8192}))
+    return {content: n + k for k, content in enumerate(added)} | {"<|im_end|>": n - 2, "<|im_start|>": n - 1}
+
+
+# ---- the synthetic official checkpoint -----------------------------------------------------------
+
+def official_state(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=0.05):
+        return torch.randn(*shape, generator=g) * scale
+
+    C, inter = VIS["hidden"], VIS["inter"]
+    n_patch = (VIS["image"] // VIS["patch"]) ** 2
+    sd = {
+        "vision_model.embeddings.class_embedding": r(1, 1, C, scale=1.0),
+        "vision_model.embeddings.position_embedding": r(1, n_patch + 1, C, scale=1.0),
+        "vision_model.embeddings.patch_embedding.weight": r(C, 3, VIS["patch"], VIS["patch"]),
+        "vision_model.embeddings.patch_embedding.bias": r(C),
+    }
+    for i in range(VIS["layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        sd |= {p + "attn.qkv.weight": r(3 * C, C, scale=0.2), p + "attn.qkv.bias": r(3 * C),
+               p + "attn.proj.weight": r(C, C, scale=0.2), p + "attn.proj.bias": r(C),
+               p + "ls1": 0.5 + r(C), p + "ls2": 0.5 + r(C),
+               p + "norm1.weight": 1 + r(C), p + "norm1.bias": r(C), p + "norm2.weight": 1 + r(C),
+               p + "norm2.bias": r(C), p + "mlp.fc1.weight": r(inter, C, scale=0.2), p + "mlp.fc1.bias": r(inter),
+               p + "mlp.fc2.weight": r(C, inter, scale=0.2), p + "mlp.fc2.bias": r(C)}
+    H, D = LLM["hidden"], 4 * C
+    sd |= {"mlp1.0.weight": 1 + r(D), "mlp1.0.bias": r(D), "mlp1.1.weight": r(H, D, scale=0.1), "mlp1.1.bias": r(H),
+           "mlp1.3.weight": r(H, H, scale=0.1), "mlp1.3.bias": r(H)}
+    hd = H // LLM["heads"]
+    sd["language_model.model.tok_embeddings.weight"] = r(vocab, H, scale=1.0)
+    for i in range(LLM["layers"]):
+        p = f"language_model.model.layers.{i}."
+        sd |= {p + "attention.wqkv.weight": r((LLM["heads"] + 2 * LLM["kv"]) * hd, H, scale=0.2),
+               p + "attention.wo.weight": r(H, H, scale=0.2),
+               p + "feed_forward.w1.weight": r(LLM["inter"], H, scale=0.2),
+               p + "feed_forward.w3.weight": r(LLM["inter"], H, scale=0.2),
+               p + "feed_forward.w2.weight": r(H, LLM["inter"], scale=0.2),
+               p + "attention_norm.weight": 1 + r(H), p + "ffn_norm.weight": 1 + r(H)}
+    sd["language_model.model.norm.weight"] = 1 + r(H)
+    sd["language_model.output.weight"] = r(vocab, H, scale=0.2)
+    L = sum(pn * pn for pn in TINY_VQ.patch_nums)
+    sd |= {"word_embed.weight": r(H, TINY_VQ.z_channels), "word_embed.bias": r(H), "pos_1LC": r(1, L, H),
+           "lvl_embed.weight": r(len(TINY_VQ.patch_nums), H)}
+    torch.manual_seed(seed)
+    for k, v in MultiScaleVQVAE(TINY_VQ).state_dict().items():
+        sd["image_tokenizer." + k] = v.clone()
+    return sd
+
+
+def official_config(vocab: int) -> dict:
+    return {
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "template": "internvl2_5",
+        "downsample_ratio": 0.5, "force_image_size": VIS["image"], "select_layer": -1, "ps_version": "v2",
+        "dynamic_image_size": False, "use_thumbnail": False,
+        "vision_config": {"architectures": ["InternVisionModel"], "hidden_size": VIS["hidden"],
+                          "num_hidden_layers": VIS["layers"], "num_attention_heads": VIS["heads"],
+                          "intermediate_size": VIS["inter"], "qkv_bias": True, "qk_normalization": False,
+                          "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "image_size": VIS["image"],
+                          "patch_size": VIS["patch"], "hidden_act": "gelu", "initializer_factor": 0.1},
+        "llm_config": {"architectures": ["InternLM2ForCausalLM"], "hidden_size": LLM["hidden"],
+                       "num_hidden_layers": LLM["layers"], "num_attention_heads": LLM["heads"],
+                       "num_key_value_heads": LLM["kv"], "intermediate_size": LLM["inter"],
+                       "rms_norm_eps": LLM["eps"], "rope_theta": LLM["theta"], "max_position_embeddings": 2048,
+                       "rope_scaling": {"type": "dynamic", "factor": 2.0}, "vocab_size": vocab,
+                       "hidden_act": "silu", "bias": False},
+    }
+
+
+def write_official(directory: Path, with_vqvae: bool = True, n_shards: int = 3,
+                   mutate=None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer(directory, TINY_VQ.vocab_size)
+    vocab = max(ids.values()) + 1
+    sd = official_state(vocab)
+    if not with_vqvae:
+        sd = {k: v for k, v in sd.items() if not k.startswith("image_tokenizer.")}
+    if mutate:
+        mutate(sd)
+    (directory / "config.json").write_text(json.dumps(official_config(vocab)))
+    keys = list(sd)
+    weight_map = {}
+    for s in range(n_shards):
+        name = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: sd[k].contiguous() for k in keys[s::n_shards]}
+        save_file(part, str(directory / name), metadata={"format": "pt"})
+        weight_map |= {k: name for k in part}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return sd, ids
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conv")
+    sd, ids = write_official(root / "official")
+    summary = convert_checkpoint(root / "official", root / "native", dtype="float32", shard_size_gb=0.0003,
+                                 vqvae_config=TINY_VQ, log=None)
+    model, tokenizer = ARGenSegModel.from_pretrained(root / "native")
+    return root, sd, ids, summary, model, tokenizer
+
+
+# ---- references computed directly from the official weights ----------------------------------
+
+def _rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _rope(x, pos, theta):
+    hd = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    ang = pos[:, None].float() * inv[None]
+    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def internlm2_attention(sd, layer, h):
+    """InternLM2 attention from the packed wqkv: (B, T, C) normed input -> (B, T, C)."""
+    B, T, C = h.shape
+    nh, kv = LLM["heads"], LLM["kv"]
+    g, hd = nh // kv, C // nh
+    qkv = h @ sd[f"language_model.model.layers.{layer}.attention.wqkv.weight"].T
+    qkv = qkv.view(B, T, kv, g + 2, hd)
+    q = qkv[:, :, :, :g].reshape(B, T, nh, hd).transpose(1, 2)
+    k = qkv[:, :, :, g].transpose(1, 2)
+    v = qkv[:, :, :, g + 1].transpose(1, 2)
+    pos = torch.arange(T)
+    q, k = _rope(q, pos, LLM["theta"]), _rope(k, pos, LLM["theta"])
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
+    return out @ sd[f"language_model.model.layers.{layer}.attention.wo.weight"].T
+
+
+def internlm2_forward(sd, x):
+    for i in range(LLM["layers"]):
+        p = f"language_model.model.layers.{i}."
+        x = x + internlm2_attention(sd, i, _rms(x, sd[p + "attention_norm.weight"], LLM["eps"]))
+        h = _rms(x, sd[p + "ffn_norm.weight"], LLM["eps"])
+        x = x + (F.silu(h @ sd[p + "feed_forward.w1.weight"].T) * (h @ sd[p + "feed_forward.w3.weight"].T)) \
+            @ sd[p + "feed_forward.w2.weight"].T
+    return _rms(x, sd["language_model.model.norm.weight"], LLM["eps"])
+
+
+def internvit_features(sd, pixels):
+    """InternViT (no final norm) -> drop CLS -> pixel shuffle v2 -> mlp1."""
+    C, nh = VIS["hidden"], VIS["heads"]
+    x = F.conv2d(pixels, sd["vision_model.embeddings.patch_embedding.weight"],
+                 sd["vision_model.embeddings.patch_embedding.bias"], stride=VIS["patch"])
+    B, _, h, w = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([sd["vision_model.embeddings.class_embedding"].expand(B, 1, C), x], 1)
+    x = x + sd["vision_model.embeddings.position_embedding"]
+    for i in range(VIS["layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        y = F.layer_norm(x, (C,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6)
+        qkv = (y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]).view(B, -1, 3, nh, C // nh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        a = ((q @ k.transpose(-1, -2)) / math.sqrt(C // nh)).softmax(-1) @ v
+        a = a.transpose(1, 2).reshape(B, -1, C) @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
+        x = x + sd[p + "ls1"] * a
+        y = F.layer_norm(x, (C,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
+        y = F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"]) @ sd[p + "mlp.fc2.weight"].T
+        x = x + sd[p + "ls2"] * (y + sd[p + "mlp.fc2.bias"])
+    x = x[:, 1:].reshape(B, h, w, C)
+    # InternVL pixel_shuffle, ps_version v2
+    n, W, Hh, c = x.shape
+    x = x.view(n, W, Hh // 2, c * 2).permute(0, 2, 1, 3).contiguous()
+    x = x.view(n, Hh // 2, W // 2, c * 4).permute(0, 2, 1, 3).reshape(n, -1, c * 4)
+    x = F.layer_norm(x, (4 * C,), sd["mlp1.0.weight"], sd["mlp1.0.bias"], 1e-5)
+    x = F.gelu(x @ sd["mlp1.1.weight"].T + sd["mlp1.1.bias"])
+    return x @ sd["mlp1.3.weight"].T + sd["mlp1.3.bias"]
+
+
+# ---- tests ---------------------------------------------------------------------------------------
+
+def test_every_key_is_mapped_with_the_right_shape(converted):
+    root, sd, ids, summary, model, _ = converted
+    native = {}
+    for f in weight_files(root / "native"):
+        native |= load_file(str(f))
+    assert set(native) == set(model.state_dict())
+    assert len(weight_files(root / "native")) > 1 and (root / "native" / "model.safetensors.index.json").is_file()
+    n_extra = 2 * (2 * VIS["layers"]) + 2 * LLM["layers"]   # each qkv weight/bias / wqkv -> three tensors
+    assert summary["tensors"] == len(sd) + n_extra == len(native)
+    T = "backbone.model.language_model."
+    assert torch.equal(native[T + "embed_tokens.weight"], sd["language_model.model.tok_embeddings.weight"])
+    assert torch.equal(native["backbone.lm_head.weight"], sd["language_model.output.weight"])
+    assert torch.equal(native[T + "layers.1.mlp.gate_proj.weight"], sd["language_model.model.layers.1.feed_forward.w1.weight"])
+    assert torch.equal(native[T + "layers.1.mlp.up_proj.weight"], sd["language_model.model.layers.1.feed_forward.w3.weight"])
+    assert torch.equal(native[T + "layers.1.mlp.down_proj.weight"], sd["language_model.model.layers.1.feed_forward.w2.weight"])
+    assert torch.equal(native["backbone.model.vision_tower.encoder.layer.1.lambda_2"], sd["vision_model.encoder.layers.1.ls2"])
+    assert torch.equal(native["backbone.model.multi_modal_projector.linear_2.weight"], sd["mlp1.3.weight"])
+    for key in ("word_embed.weight", "word_embed.bias", "pos_1LC", "lvl_embed.weight"):
+        assert torch.equal(native[key], sd[key])
+    for key, value in sd.items():
+        if key.startswith("image_tokenizer."):
+            assert torch.equal(native["vqvae." + key[len("image_tokenizer."):]], value)
+    assert "backbone.model.vision_tower.layernorm.weight" not in native  # InternViT has no final norm
+
+
+def test_converted_attention_matches_packed_wqkv(converted):
+    _, sd, _, _, model, _ = converted
+    lm = model.backbone.model.language_model
+    x = torch.randn(2, 7, LLM["hidden"])
+    seen = {}
+    hook = lm.layers[0].self_attn.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.update(inp=kwargs["hidden_states"], out=out[0]), with_kwargs=True)
+    with torch.no_grad():
+        hidden = lm(inputs_embeds=x, position_ids=torch.arange(7)[None].expand(2, 7)).last_hidden_state
+    hook.remove()
+    ref_attn = internlm2_attention(sd, 0, seen["inp"])
+    torch.testing.assert_close(seen["out"], ref_attn, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(hidden, internlm2_forward(sd, x), atol=1e-4, rtol=1e-4)
+    # the split itself: q heads of KV group j are heads j*g .. j*g+g-1
+    q, k, v = split_wqkv(sd["language_model.model.layers.0.attention.wqkv.weight"], LLM["heads"], LLM["kv"])
+    hd = LLM["hidden"] // LLM["heads"]
+    packed = sd["language_model.model.layers.0.attention.wqkv.weight"]
+    assert torch.equal(q[3 * hd:4 * hd], packed[(4 + 1) * hd:(4 + 2) * hd])  # group 1, its 2nd query head
+    assert torch.equal(k[hd:], packed[(4 + 2) * hd:(4 + 3) * hd]) and torch.equal(v[hd:], packed[(4 + 3) * hd:])
+
+
+def test_converted_vision_path_matches_internvit(converted):
+    _, sd, _, _, model, _ = converted
+    pixels = torch.randn(2, 3, VIS["image"], VIS["image"])
+    with torch.no_grad():
+        ours = model.image_features(pixels)
+    assert ours.shape == (2, model.num_image_tokens, LLM["hidden"])
+    torch.testing.assert_close(ours, internvit_features(sd, pixels), atol=1e-4, rtol=1e-4)
+
+
+def test_tokenizer_keeps_every_id_and_the_release_prompt(converted):
+    root, _, ids, _, model, tokenizer = converted
+    for content, token_id in ids.items():
+        assert tokenizer.convert_tokens_to_ids(content) == token_id, content
+    n = len(spm_pieces())
+    t = model.config.token_ids
+    assert (t["img_start"], t["img_context"], t["mask"], t["ge_start"], t["visual_offset"]) == (n, n + 2, n + 9, n + 10, n + 13)
+    assert t["eos"] == t["pad"] == n - 2      # <|im_end|>; no pad token in the release vocabulary
+    assert len(tokenizer) == model.vocab_size == t["visual_offset"] + TINY_VQ.vocab_size
+    prompt = model.build_prompt("the red cup")
+    enc = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert enc.count(t["img_context"]) == model.num_image_tokens
+    assert enc[0] == ids["<|im_start|>"] and enc.count(t["eos"]) == 2
+    assert tokenizer.decode(enc) == prompt
+    assert tokenizer.tokenize("hello world") == ["hello", "▁world"]
+    assert tokenizer.decode(tokenizer("héllo, the red cup")["input_ids"]) == "héllo, the red cup"  # byte fallback
+    assert tokenizer.convert_tokens_to_ids(visual_token(5)) == t["visual_offset"] + 5
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat.startswith("<|im_start|>system\n你是书生·万象") and chat.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert model.config.prompt_template.startswith("<|im_start|>system\n{system}")
+
+
+def test_release_token_ids_survive_conversion(tmp_path):
+    """The real id layout: 92544 sentencepiece pieces, <mask> = 92553, visual tokens from 92557."""
+    filler = 92544 - len(spm_pieces())
+    ids = write_tokenizer(tmp_path, 4096, filler=filler)
+    tokenizer, token_ids, _ = convert_tokenizer(tmp_path, 4096)
+    assert token_ids == conversion.RELEASE_TOKEN_IDS
+    assert len(tokenizer) == conversion.RELEASE_VOCAB_SIZE
+    for content in ("<|im_end|>", "<IMG_CONTEXT>", "<ge_end>", visual_token(0), visual_token(4095)):
+        assert tokenizer.convert_tokens_to_ids(content) == ids[content]
+
+
+def test_converted_model_generates_and_stores_bf16(converted, tmp_path):
+    import numpy as np
+
+    from argenseg_ros.segmenter import Segmenter
+
+    root, *_ = converted
+    convert_checkpoint(root / "official", tmp_path / "bf16", vqvae_config=TINY_VQ, log=None)   # default bfloat16
+    (f,) = weight_files(tmp_path / "bf16")
+    assert load_file(str(f))["pos_1LC"].dtype == torch.bfloat16
+    seg = Segmenter.from_pretrained(str(tmp_path / "bf16"), max_new_tokens=3)
+    res = seg.segment(np.zeros((20, 30, 3), np.uint8), "the red cup")
+    assert isinstance(res.reply, str)
+
+
+def test_vqvae_from_pth_via_cli(tmp_path, capsys):
+    sd, _ = write_official(tmp_path / "official", with_vqvae=False, n_shards=1)
+    torch.manual_seed(0)
+    vq = MultiScaleVQVAE(TINY_VQ).state_dict()
+    torch.save(vq, tmp_path / "vae.pth")
+    (tmp_path / "vq.json").write_text(json.dumps(TINY_VQ.to_dict()))
+    argv = ["--checkpoint", str(tmp_path / "official"), "--out", str(tmp_path / "native"), "--dtype", "float32",
+            "--vqvae-config", str(tmp_path / "vq.json")]
+    assert conversion.main(argv) == 2
+    assert "--vqvae" in capsys.readouterr().err                # no VQ-VAE anywhere: says where to get it
+    assert conversion.main(argv + ["--vqvae", str(tmp_path / "vae.pth")]) == 0
+    assert "converted" in capsys.readouterr().out
+    model, _ = ARGenSegModel.from_pretrained(tmp_path / "native")
+    for k, v in vq.items():
+        assert torch.equal(model.vqvae.state_dict()[k], v), k
+    assert conversion.main(argv + ["--vqvae", str(tmp_path / "vae.pth")]) == 2   # out is not empty now
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda sd: sd.update({"language_model.model.layers.0.attention.extra.weight": torch.zeros(2)}), "unknown key"),
+    (lambda sd: sd.update({"some_other_head.weight": torch.zeros(2)}), "unknown key"),
+    (lambda sd: sd.update({"language_model.model.layers.1.attention.wqkv.weight": torch.zeros(100, 64)}), "wrong shape"),
+    (lambda sd: sd.update({"pos_1LC": torch.zeros(1, 5, 64)}), "wrong shape"),
+    (lambda sd: sd.pop("language_model.model.layers.1.ffn_norm.weight"), "missing key.*post_attention_layernorm"),
+])
+def test_bad_checkpoints_are_refused_before_writing(tmp_path, mutate, message):
+    write_official(tmp_path / "official", n_shards=2, mutate=mutate)
+    with pytest.raises(ConversionError, match=message):
+        convert_checkpoint(tmp_path / "official", tmp_path / "native", vqvae_config=TINY_VQ, log=None)
+    assert not (tmp_path / "native").exists()
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ConversionError, match="does not exist"):
+        convert_checkpoint(tmp_path / "nope", tmp_path / "out", log=None)
+    write_official(tmp_path / "official", n_shards=2)
+    (tmp_path / "official" / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ConversionError, match="lacks the shard"):
+        convert_checkpoint(tmp_path / "official", tmp_path / "out", vqvae_config=TINY_VQ, log=None)
+    (tmp_path / "official" / "tokenizer.model").unlink()
+    with pytest.raises(ConversionError, match="tokenizer.model"):
+        convert_checkpoint(tmp_path / "official", tmp_path / "out", vqvae_config=TINY_VQ, log=None)
+    (tmp_path / "official" / "config.json").unlink()
+    with pytest.raises(ConversionError, match="lacks config.json"):
+        convert_checkpoint(tmp_path / "official", tmp_path / "out", log=None)
+
+
+def test_sharded_native_format_round_trip(tmp_path):
+    model, tokenizer = random_model(seed=3)
+    model.save_pretrained(tmp_path / "single", tokenizer)
+    out = tmp_path / "sharded"
+    writer = ShardedSafetensorsWriter(out, max_shard_bytes=40_000)
+    for k, v in model.state_dict().items():
+        writer.add(k, v)
+    files = writer.close()
+    assert len(files) > 2 and not (out / "model.safetensors").exists()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_bytes((tmp_path / "single" / name).read_bytes())
+    loaded, _ = ARGenSegModel.from_pretrained(out)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    files[1].unlink()
+    with pytest.raises(ModelLoadError, match="lacks the shard"):
+        ARGenSegModel.from_pretrained(out)
+
+
+def test_8b_preset_has_the_release_sizes():
+    config = argenseg_8b_config()
+    with torch.device("meta"):
+        model = ARGenSegModel(config)
+    text = model.backbone.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
+            text.intermediate_size) == (4096, 32, 32, 8, 14336)
+    assert text.rope_parameters["rope_theta"] == 1e6
+    assert model.num_image_tokens == 256 and model.num_slots == 680 and model.vocab_size == 96653
+    n_params = sum(p.numel() for p in model.state_dict().values())
+    assert 8.1e9 < n_params < 8.4e9
