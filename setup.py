@@ -44,7 +44,7 @@ def _data_files():
     return [
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", _files("launch/*.launch.py")),
+        (f"share/{PACKAGE}/launch", _files("launch/*")),
         (f"share/{PACKAGE}/config", _files("config/*.yaml") + _files("config/*.xml")),
     ]
 

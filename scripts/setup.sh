@@ -22,16 +22,31 @@ sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
 
 if [ ! -x "$venv/bin/python" ]; then
+  "$python" -c "import venv, ensurepip" 2>/dev/null \
+    || fail "$python cannot create a venv with pip (on Debian/Ubuntu: apt-get install python3-venv)"
   log "creating $venv with $("$python" --version)"
   "$python" -m venv "$venv"
 fi
 py="$venv/bin/python"
 
+# pip, quietly: prints what it installed, or its whole log (less this machine's index warnings) on failure.
+pip_install() {
+  local out
+  out=$(mktemp)
+  if ! "$py" -m pip install --progress-bar off "$@" >"$out" 2>&1; then
+    grep -v 'is ignored: it is neither a file nor a directory' "$out" >&2 || true
+    rm -f "$out"
+    fail "pip install $* failed"
+  fi
+  grep -E '^Successfully installed' "$out" || true
+  rm -f "$out"
+}
+
 start=$(date +%s)
 log "installing pinned requirements (requirements.txt)"
-"$py" -m pip install --quiet --upgrade-strategy only-if-needed -r requirements.txt
+pip_install -r requirements.txt
 log "installing argenseg_ros (pip install .)"
-"$py" -m pip install --quiet --no-build-isolation --no-deps .
+pip_install --no-build-isolation --no-deps .
 
 # Smoke check: what the node needs imports, and the executable is where ros2 launch looks.
 "$py" - <<'PY'

@@ -72,7 +72,7 @@ def test_720p_rgb8_frames_pass_between_processes(test_node, tmp_path):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    count, rate = 30, 10.0
+    count, rate = 20, 5.0
     frames: dict[str, tuple[int, int, str, int]] = {}
 
     def on_frame(msg):
