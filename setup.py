@@ -21,6 +21,10 @@ PACKAGE = "argenseg_ros"
 # ros2 run/launch find these by name in <prefix>/lib/argenseg_ros (both install routes).
 CONSOLE_SCRIPTS = {
     "segment_node": "argenseg_ros.segment_node:main",
+    "argenseg-convert": "argenseg_ros.conversion:main",
+    "argenseg-make-dataset": "argenseg_ros.dataset:main",
+    "argenseg-train-vqvae": "argenseg_ros.training:main_vqvae",
+    "argenseg-train": "argenseg_ros.training:main",
 }
 
 # Files shipped inside the Python package (model weights and tokenizer files live under models/).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
@@ -63,6 +64,26 @@ def test_requirements_are_pinned_and_match_this_venv():
     for name in ("ros-jazzy-rclpy", "ros-jazzy-rmw-fastrtps-cpp", "safetensors", "tokenizers",
                  "opencv-python-headless", "pillow", "pyyaml", "pytest", "pytest-timeout"):
         assert name in names, f"{name} missing from requirements.txt"
+
+
+def _console_scripts() -> dict[str, str]:
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "CONSOLE_SCRIPTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no CONSOLE_SCRIPTS = {...}")
+
+
+def test_console_scripts_resolve():
+    scripts = _console_scripts()
+    assert scripts["segment_node"] == "argenseg_ros.segment_node:main"
+    code = ("import importlib, sys\n"
+            "for target in sys.argv[1:]:\n"
+            "    module, _, attr = target.partition(':')\n"
+            "    assert callable(getattr(importlib.import_module(module), attr)), target\n")
+    result = subprocess.run([sys.executable, "-c", code, *scripts.values()], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_importing_the_package_stays_light():
