@@ -7,6 +7,8 @@ Two install routes put the same tree under a prefix:
 * pip (``pip install .`` into a venv): pip builds a wheel, and wheels always put console scripts in
   ``<prefix>/bin``. For that route the wheel also carries, as data files, one small launcher per
   console script in ``<prefix>/lib/argenseg_ros`` that execs ``<prefix>/bin/<name>``.
+  Editable installs (``pip install -e .``) get neither these launchers nor share/ (setuptools'
+  editable wheels carry no data files): use ``pip install .``, as scripts/setup.sh does.
 """
 
 import os
@@ -91,12 +93,6 @@ except ImportError:  # pragma: no cover - depends on the build environment
         bdist_wheel = None
 if bdist_wheel is not None:
     cmdclass["bdist_wheel"] = _with_launchers(bdist_wheel)
-try:
-    from setuptools.command.editable_wheel import editable_wheel
-except ImportError:  # pragma: no cover
-    editable_wheel = None
-if editable_wheel is not None:
-    cmdclass["editable_wheel"] = _with_launchers(editable_wheel)
 
 
 setup(
