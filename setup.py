@@ -73,16 +73,6 @@ def _add_wheel_launchers(command):
         data_files.append((target, paths))
 
 
-def _with_launchers(base):
-    class WithLaunchers(base):
-        def run(self):
-            _add_wheel_launchers(self)
-            super().run()
-
-    WithLaunchers.__name__ = base.__name__
-    return WithLaunchers
-
-
 cmdclass = {}
 try:  # setuptools >= 70.1 ships bdist_wheel; older ones (and colcon) may not have it
     from setuptools.command.bdist_wheel import bdist_wheel
@@ -92,7 +82,13 @@ except ImportError:  # pragma: no cover - depends on the build environment
     except ImportError:
         bdist_wheel = None
 if bdist_wheel is not None:
-    cmdclass["bdist_wheel"] = _with_launchers(bdist_wheel)
+
+    class BdistWheelWithLaunchers(bdist_wheel):
+        def run(self):
+            _add_wheel_launchers(self)
+            super().run()
+
+    cmdclass["bdist_wheel"] = BdistWheelWithLaunchers
 
 
 setup(
