@@ -466,3 +466,26 @@ def test_8b_preset_has_the_release_sizes():
     assert model.num_image_tokens == 256 and model.num_slots == 680 and model.vocab_size == 96653
     n_params = sum(p.numel() for p in model.state_dict().values())
     assert 8.1e9 < n_params < 8.4e9
+
+
+def test_gpu_profile_script_runs_tiny_on_cpu(tmp_path):
+    """bench/gpu_profile.py --tiny: the smoke test of the script the GPU run uses."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_profile.py"
+    spec = importlib.util.spec_from_file_location("gpu_profile", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    module.main(["--tiny", "--out", str(out), "--reps", "1", "--raster-reps", "1", "--warmup", "0"])
+    result = json.loads(out.read_text())
+    assert result["model"] == "random-tiny" and result["device"] == "cpu"
+    assert {"eager_next_scale", "eager_raster"} <= set(result["variants"])
+    for name in ("eager_next_scale", "eager_raster"):
+        entry = result["variants"][name]
+        for key in ("prefill_s", "mask_decode_s", "vqvae_decode_s", "end_to_end_s"):
+            assert entry[key] > 0, (name, key)
+        assert entry["tokens_per_mask"] == result["tokens_per_mask"]
+    assert result["variants"]["eager_raster"]["forwards_per_mask"] == result["tokens_per_mask"]
+    assert result["variants"]["eager_next_scale"]["forwards_per_mask"] == len(result["patch_nums"])
+    assert "engine_decode_q1" in result["forward_breakdown"] and "static_cache" in result
