@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .model import ARGenSegModel
@@ -84,19 +85,18 @@ def collate_rows(rows: list[tuple[list[int], list[int], list[int], list[int]]], 
         valid=torch.zeros(B, T, dtype=torch.bool),
         scale=torch.full((B, T), -1, dtype=torch.long),
         mask_index=torch.full((B, T), -1, dtype=torch.long))
-    scale_lut = torch.tensor(scale_of_slot + [-1])       # index -1 -> -1
+    scale_lut = np.asarray(scale_of_slot + [-1])       # index -1 -> -1
     masks_before = 0
     for b, (seq, slots, targets, ordinal) in enumerate(rows):
         n = len(seq)
-        batch.input_ids[b, :n] = torch.tensor(seq)
-        slots_t = torch.tensor(slots)
-        batch.slots[b, :n] = slots_t
-        batch.targets[b, :n] = torch.tensor(targets)
-        batch.scale[b, :n] = scale_lut[slots_t]
+        slots_a, ordinal_a = np.asarray(slots), np.asarray(ordinal)
+        batch.input_ids[b, :n] = torch.from_numpy(np.asarray(seq))
+        batch.slots[b, :n] = torch.from_numpy(slots_a)
+        batch.targets[b, :n] = torch.from_numpy(np.asarray(targets))
+        batch.scale[b, :n] = torch.from_numpy(scale_lut[slots_a])
         batch.valid[b, :n] = True
-        ordinal_t = torch.tensor(ordinal)
-        batch.mask_index[b, :n] = torch.where(ordinal_t >= 0, ordinal_t + masks_before, -1)
-        masks_before += int(ordinal_t.max().clamp(min=-1)) + 1
+        batch.mask_index[b, :n] = torch.from_numpy(np.where(ordinal_a >= 0, ordinal_a + masks_before, -1))
+        masks_before += int(ordinal_a.max(initial=-1)) + 1
     return batch
 
 

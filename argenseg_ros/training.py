@@ -39,8 +39,8 @@ from .sequence import IGNORE, TeacherBatch, collate_rows, fill_masks, layout_row
 from .tokenization import build_tabletop_tokenizer, resolve_token_ids
 from .vqvae import MultiScaleVQVAE, VQVAEConfig, masks_to_images
 
-TABLETOP_VQVAE = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1,
-                      patch_nums=(1, 2, 4, 8, 16), image_size=128, share_quant_resi=4)
+TABLETOP_VQVAE = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
+                      patch_nums=(1, 2, 4, 8, 16), image_size=64, share_quant_resi=4)
 TABLETOP_SIZES = dict(image_size=224, patch_size=14, vision_hidden=192, vision_layers=4, vision_heads=3,
                       text_hidden=256, text_layers=6, text_heads=4, text_kv_heads=4, text_intermediate=768)
 GROUNDING_LAYER = 3               # hidden_states index: output of LLM block 3 of 6
@@ -206,13 +206,23 @@ class ConversationEncoder:
         self.tokenizer, self.token_ids = tokenizer, token_ids
         self.num_slots, self.num_image_tokens, self.mask_size = num_slots, num_image_tokens, mask_size
         self.grid = int(round(math.sqrt(num_image_tokens)))
+        self._cache: dict[tuple[str, str], list] = {}   # the grammar repeats sentences a lot
 
     def prompt_ids(self, instruction: str) -> list[int]:
-        image = "<img>" + "<IMG_CONTEXT>" * self.num_image_tokens + "</img>"
-        text = TEXT_FIRST_PROMPT_TEMPLATE.format(instruction=instruction, image=image)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        key = ("prompt", instruction)
+        if key not in self._cache:
+            image = "<img>" + "<IMG_CONTEXT>" * self.num_image_tokens + "</img>"
+            text = TEXT_FIRST_PROMPT_TEMPLATE.format(instruction=instruction, image=image)
+            self._cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._cache[key]
 
     def answer_items(self, reply: str) -> list[int | None]:
+        key = ("answer", reply)
+        if key not in self._cache:
+            self._cache[key] = self._answer_items(reply)
+        return self._cache[key]
+
+    def _answer_items(self, reply: str) -> list[int | None]:
         pieces = reply.split(tabletop.MASK_PLACEHOLDER)
         items: list[int | None] = []
         for i, piece in enumerate(pieces):
@@ -224,10 +234,12 @@ class ConversationEncoder:
 
     def encode(self, instruction: str, reply: str, masks: list[np.ndarray], kind: str,
                grounding_mask: np.ndarray | None) -> Sample:
+        """Masks may come at any size (resized here) or already at the VQ-VAE's size."""
         row = layout_row(self.token_ids, self.num_slots, self.prompt_ids(instruction), self.answer_items(reply))
+        masks = [m if m.shape == (self.mask_size, self.mask_size) and m.dtype == np.float32
+                 else resize_mask(m, self.mask_size) for m in masks]
         grounding = None if grounding_mask is None else resize_mask(grounding_mask, self.grid)
-        return Sample(row=row, masks=[resize_mask(m, self.mask_size) for m in masks], grounding=grounding,
-                      kind=kind)
+        return Sample(row=row, masks=masks, grounding=grounding, kind=kind)
 
 
 class TabletopConversations(IterableDataset):
@@ -264,9 +276,14 @@ class DiskConversations(IterableDataset):
 def scene_samples(scene: tabletop.Scene, queries: list[tabletop.Query], encoder: ConversationEncoder,
                   image_size: int) -> tuple[torch.Tensor, list[Sample]]:
     samples = []
+    small = {}   # object index -> its mask at the VQ-VAE size, resized once per scene
     for q in queries:
-        masks = [q.mask] if q.mask is not None and q.expression_type != "absent" else []
-        grounding = q.mask if q.mask is not None else None   # absent: all-False target
+        if q.target is not None and q.target not in small:
+            small[q.target] = resize_mask(q.mask, encoder.mask_size)
+        masks = [small[q.target]] if q.target is not None else []
+        # the grounding target comes from the small mask (absent referents: all zero)
+        grounding = small[q.target] if q.target is not None else (
+            np.zeros((encoder.grid, encoder.grid), np.float32) if q.mask is not None else None)
         samples.append(encoder.encode(q.instruction, q.reply, masks, q.expression_type, grounding))
     return image_to_pixel_values(scene.image, image_size)[0].half(), samples
 
