@@ -27,6 +27,8 @@ CONSOLE_SCRIPTS = {
     "argenseg-make-dataset": "argenseg_ros.dataset:main",
     "argenseg-train-vqvae": "argenseg_ros.training:main_vqvae",
     "argenseg-train": "argenseg_ros.training:main",
+    "demo_camera": "argenseg_ros.demo_camera:main",
+    "argenseg-send": "argenseg_ros.send_command:main",
     "argenseg-finetune-decoder": "argenseg_ros.training:main_finetune_decoder",
     "argenseg-eval": "argenseg_ros.evaluation:main",
 }

@@ -1,0 +1,275 @@
+"""Demo camera node (executable ``demo_camera``): tabletop frames from the world generator.
+
+Publishes, with the default node name ``demo_camera``:
+
+* ``image`` (``sensor_msgs/Image``, sensor-data QoS): the current scene at ``rate_hz``. Frames of
+  one scene are identical (rendered once); only ``header.stamp`` (now) changes.
+* ``~/scene`` (``std_msgs/String``, reliable + transient local, depth 1): JSON describing the
+  current scene, published when the scene changes::
+
+    {"seed": 2000000000, "scene_index": 0, "width": 640, "height": 480,
+     "frame_id": "camera_color_optical_frame", "start_stamp": {"sec": 12, "nanosec": 3},
+     "objects": [{"label": 1, "kind": "cup", "colour": "red", "bbox": [x0, y0, x1, y1],
+                  "centroid": [x, y], "area": 1234}, ...],
+     "queries": [{"instruction": "the red cup", "reply": "Sure, <mask>.",
+                  "expression_type": "colour_kind", "target_label": 1}, ...]}
+
+  ``queries`` is a selection of valid instructions for the scene (every referring expression,
+  a few absent referents and questions) with the replies a perfect model gives.
+* ``~/ground_truth`` (``sensor_msgs/Image`` mono8, reliable + transient local, depth 1): the
+  label image of the scene, pixel = object label (index in ``objects`` + 1), 0 = table. Its
+  header stamp is the scene's ``start_stamp``: the first frame of the scene carries that stamp,
+  and every later frame up to the next scene's ``start_stamp`` shows the same scene.
+
+Parameters (all read-only except ``seed``, validated at start): ``rate_hz`` (30.0), ``width``
+(640), ``height`` (480), ``seed`` (first scene's seed; default 2_000_000_000 =
+``training.HELDOUT_SEED_BASE``, scenes the shipped model never trained on; setting it at run time
+switches to that scene at once), ``scene_period_s`` (5.0; the next seed every that many seconds,
+0 = keep one scene), ``frame_id`` ("camera_color_optical_frame"), ``encoding`` (rgb8 | bgr8).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from . import tabletop
+
+NODE_NAME = "demo_camera"
+#: = argenseg_ros.training.HELDOUT_SEED_BASE (not imported: that module pulls in torch).
+HELDOUT_SEED_BASE = 2_000_000_000
+ENCODINGS = ("rgb8", "bgr8")
+MAX_SEED = 2**63 - 1
+#: Reliable + transient local, depth 1: a late subscriber still gets the current scene.
+LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: How many absent referents and questions the scene description lists (besides every referring
+#: expression).
+NUM_ABSENT, NUM_QUESTIONS = 3, 4
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    default: object
+    description: str
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = True
+
+    def descriptor(self) -> ParameterDescriptor:
+        kind = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
+                int: ParameterType.PARAMETER_INTEGER}[type(self.default)]
+        d = ParameterDescriptor(name=self.name, type=kind, description=self.description,
+                                read_only=self.read_only)
+        if self.int_range:
+            d.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
+        if self.float_range:
+            d.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
+                                                         to_value=self.float_range[1], step=0.0)]
+        if self.choices:
+            d.additional_constraints = "one of: " + ", ".join(self.choices)
+        return d
+
+    def check(self, value) -> str | None:
+        """Why ``value`` is not acceptable, or None (rclpy checks ranges only on set, not at start)."""
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        lo_hi = self.int_range or self.float_range
+        if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+            return f"{self.name} must be in [{lo_hi[0]}, {lo_hi[1]}], got {value!r}"
+        if self.name == "frame_id" and not str(value).strip():
+            return "frame_id must not be empty"
+        return None
+
+
+PARAMETERS: tuple[_Param, ...] = (
+    _Param("rate_hz", 30.0, "frames per second", float_range=(0.1, 240.0)),
+    _Param("width", 640, "frame width in pixels", int_range=(64, 4096)),
+    _Param("height", 480, "frame height in pixels", int_range=(64, 4096)),
+    _Param("seed", HELDOUT_SEED_BASE,
+           "seed of the (first) scene; >= 2e9 = held-out scenes; setting it switches scene",
+           int_range=(0, MAX_SEED), read_only=False),
+    _Param("scene_period_s", 5.0, "seconds per scene (then seed + 1); 0 = one fixed scene",
+           float_range=(0.0, 86400.0)),
+    _Param("frame_id", "camera_color_optical_frame", "header.frame_id of the frames"),
+    _Param("encoding", "rgb8", "image encoding", choices=ENCODINGS),
+)
+
+
+def label_image(scene: tabletop.Scene) -> np.ndarray:
+    """(H, W) uint8: pixel = index of the visible object + 1, 0 = table (visible masks are disjoint)."""
+    labels = np.zeros((scene.height, scene.width), np.uint8)
+    for i, obj in enumerate(scene.objects):
+        labels[obj.mask] = i + 1
+    return labels
+
+
+def scene_queries(scene: tabletop.Scene) -> list[tabletop.Query]:
+    """Every referring expression of the scene, then a few absent referents and questions."""
+    queries = tabletop.all_queries(scene)
+    referring = [q for q in queries if q.expression_type in tabletop.REFERRING_TYPES]
+    absent = [q for q in queries if q.expression_type == "absent"]
+    questions = [q for q in queries if q.expression_type in tabletop.QUESTION_TYPES]
+    rng = np.random.default_rng(scene.seed)
+    pick_absent = [absent[i] for i in sorted(rng.permutation(len(absent))[:NUM_ABSENT])]
+    # Questions: counts of kinds present, one "Yes." and one "No." existence question.
+    present = {o.kind for o in scene.objects}
+    counts = [q for q in questions if q.expression_type == "count_kind"
+              and any(f" {tabletop.PLURALS[k]} " in f" {q.instruction} " for k in present)]
+    yes = [q for q in questions if q.expression_type == "exists" and q.reply == "Yes."]
+    no = [q for q in questions if q.expression_type == "exists" and q.reply == "No."]
+    pick_q: list[tabletop.Query] = []
+    for pool in (counts, yes, no, counts[1:]):
+        if pool and len(pick_q) < NUM_QUESTIONS:
+            q = pool[int(rng.integers(len(pool)))]
+            if q not in pick_q:
+                pick_q.append(q)
+    return referring + pick_absent + pick_q
+
+
+def scene_description(scene: tabletop.Scene, scene_index: int, frame_id: str,
+                      start_stamp: Time) -> dict:
+    return {
+        "seed": scene.seed,
+        "scene_index": scene_index,
+        "width": scene.width,
+        "height": scene.height,
+        "frame_id": frame_id,
+        "start_stamp": {"sec": start_stamp.sec, "nanosec": start_stamp.nanosec},
+        "objects": [
+            {"label": i + 1, "kind": o.kind, "colour": o.colour, "bbox": [int(v) for v in o.bbox],
+             "centroid": [round(float(c), 1) for c in o.centroid], "area": int(o.area)}
+            for i, o in enumerate(scene.objects)
+        ],
+        "queries": [
+            {"instruction": q.instruction, "reply": q.reply, "expression_type": q.expression_type,
+             "target_label": None if q.target is None else q.target + 1}
+            for q in scene_queries(scene)
+        ],
+    }
+
+
+class DemoCamera(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._params = {p.name: p for p in PARAMETERS}
+        for p in PARAMETERS:
+            self.declare_parameter(p.name, p.default, p.descriptor())
+        problems = [msg for p in PARAMETERS if (msg := p.check(self.get_parameter(p.name).value))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        value = self.get_parameter
+        self.rate_hz = float(value("rate_hz").value)
+        self.width, self.height = int(value("width").value), int(value("height").value)
+        self.scene_period_s = float(value("scene_period_s").value)
+        self.frame_id = str(value("frame_id").value)
+        self.encoding = str(value("encoding").value)
+        self._next_seed: int | None = int(value("seed").value)  # render this seed at the next tick
+        self._seed = self._next_seed
+        self._scene_index = -1
+        self._scene_start = 0.0
+        self._frame = array.array("B")
+        self.frames_published = 0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.scene_pub = self.create_publisher(String, "~/scene", LATCHED_QOS)
+        self.truth_pub = self.create_publisher(Image, "~/ground_truth", LATCHED_QOS)
+        self.timer = self.create_timer(1.0 / self.rate_hz, self._tick)
+        self.get_logger().info(
+            f"ready: {self.width}x{self.height} {self.encoding} at {self.rate_hz:g} Hz, seed "
+            f"{self._seed}, scene_period_s {self.scene_period_s:g}, frame_id {self.frame_id}")
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            spec = self._params.get(p.name)
+            reason = spec.check(p.value) if spec is not None else None
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        for p in params:
+            if p.name == "seed":
+                self._next_seed = int(p.value)
+        return SetParametersResult(successful=True)
+
+    def _start_scene(self, seed: int, stamp: Time) -> None:
+        scene = tabletop.render_scene(seed, self.width, self.height)
+        image = scene.image if self.encoding == "rgb8" else np.ascontiguousarray(scene.image[..., ::-1])
+        self._frame = array.array("B", image.tobytes())
+        self._seed = seed
+        self._scene_index += 1
+        self._scene_start = time.monotonic()
+        truth = Image(height=self.height, width=self.width, encoding="mono8", is_bigendian=0,
+                      step=self.width)
+        truth.header.stamp, truth.header.frame_id = stamp, self.frame_id
+        truth.data = array.array("B", label_image(scene).tobytes())
+        self.truth_pub.publish(truth)
+        description = scene_description(scene, self._scene_index, self.frame_id, stamp)
+        self.scene_pub.publish(String(data=json.dumps(description)))
+        self.get_logger().info(
+            f"scene {self._scene_index}: seed {seed}, "
+            + ", ".join(f"{o.colour} {o.kind}" for o in scene.objects))
+
+    def _tick(self) -> None:
+        stamp = self.get_clock().now().to_msg()
+        if self._next_seed is None and self.scene_period_s > 0 \
+                and time.monotonic() - self._scene_start >= self.scene_period_s:
+            self._next_seed = self._seed + 1
+        if self._next_seed is not None:
+            seed, self._next_seed = self._next_seed, None
+            self._start_scene(seed, stamp)
+        msg = Image(height=self.height, width=self.width, encoding=self.encoding, is_bigendian=0,
+                    step=self.width * 3)
+        msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
+        msg.data = self._frame  # the same buffer every frame: array.array is assigned, not copied
+        self.image_pub.publish(msg)
+        self.frames_published += 1
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = DemoCamera()
+    except Exception as exc:  # bad parameters: say why and exit non-zero
+        print(f"{NODE_NAME}: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
