@@ -84,6 +84,12 @@ class ARGenSegConfig:
         return cls(**data)
 
 
+def format_prompt(config: ARGenSegConfig, instruction: str, num_image_tokens: int) -> str:
+    """The model's prompt text; {image} becomes <img><IMG_CONTEXT>*N</img> (training uses it too)."""
+    image = "<img>" + "<IMG_CONTEXT>" * num_image_tokens + "</img>"
+    return config.prompt_template.format(system=config.system_prompt, image=image, instruction=instruction)
+
+
 def image_to_pixel_values(image_hw3: np.ndarray, image_size: int) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> (1, 3, S, S) float32, squashed bicubic resize + ImageNet normalisation."""
     resized = cv2.resize(image_hw3, (image_size, image_size), interpolation=cv2.INTER_CUBIC)
@@ -163,9 +169,7 @@ class ARGenSegModel(nn.Module):
 
     # ---- prompt ----------------------------------------------------------------------------------
     def build_prompt(self, instruction: str) -> str:
-        image = "<img>" + "<IMG_CONTEXT>" * self.num_image_tokens + "</img>"
-        return self.config.prompt_template.format(
-            system=self.config.system_prompt, image=image, instruction=instruction)
+        return format_prompt(self.config, instruction, self.num_image_tokens)
 
     # ---- embeddings ------------------------------------------------------------------------------
     def image_features(self, pixel_values_B3SS: torch.Tensor) -> torch.Tensor:

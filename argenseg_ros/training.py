@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import tabletop
 from .dataset import load_image, load_masks, read_dataset
-from .model import TEXT_FIRST_PROMPT_TEMPLATE, ARGenSegModel, build_config, image_to_pixel_values
+from .model import TEXT_FIRST_PROMPT_TEMPLATE, ARGenSegModel, build_config, format_prompt, image_to_pixel_values
 from .sequence import IGNORE, TeacherBatch, collate_rows, fill_masks, layout_row, teacher_forward
 from .tokenization import build_tabletop_tokenizer, resolve_token_ids
 from .vqvae import MultiScaleVQVAE, VQVAEConfig, masks_to_images
@@ -43,7 +43,6 @@ TABLETOP_VQVAE = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2), n
                       patch_nums=(1, 2, 4, 8, 16), image_size=64, share_quant_resi=4)
 TABLETOP_SIZES = dict(image_size=224, patch_size=14, vision_hidden=192, vision_layers=4, vision_heads=3,
                       text_hidden=256, text_layers=6, text_heads=4, text_kv_heads=4, text_intermediate=768)
-GROUNDING_LAYER = 3               # hidden_states index: output of LLM block 3 of 6
 TRAIN_SEED_LIMIT = 1_000_000_000  # training scenes draw their seeds below this
 HELDOUT_SEED_BASE = 2_000_000_000 # evaluation scenes use HELDOUT_SEED_BASE + i: never trained on
 QUERIES_PER_SCENE = 8
@@ -74,9 +73,33 @@ def cosine_lr(base: float, progress: float, warmup: float = 0.03, floor: float =
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def scheduled(loader: DataLoader, opt: torch.optim.Optimizer, base_lr: float, budget_s: float,
+              elapsed_before: float = 0.0) -> Iterator[tuple[Any, float]]:
+    """Batches until the wall-clock budget is spent, with the cosine learning rate set for each.
+
+    The schedule follows elapsed time (carried over on resume), so a run stopped and resumed ends
+    on the same schedule as one that was never stopped.
+    """
+    t_start = time.time()
+    for batch in loader:
+        elapsed = elapsed_before + time.time() - t_start
+        if elapsed >= budget_s:
+            return
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(base_lr, elapsed / budget_s)
+        yield batch, elapsed
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
+
+
+def _start_run(args: argparse.Namespace) -> tuple[Path, RunLog]:
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    _seed_everything(args.seed)
+    return run, RunLog(run)
 
 
 def _worker_rng(seed: int) -> np.random.Generator:
@@ -106,6 +129,12 @@ def resize_mask(mask_hw: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(mask_hw.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
 
 
+def heldout_masks(size: int, scenes: int = 40) -> torch.Tensor:
+    """Visible masks of every object of the first held-out scenes, at the VQ-VAE's size."""
+    return torch.stack([torch.from_numpy(resize_mask(o.mask, size))
+                        for s in range(scenes) for o in tabletop.render_scene(HELDOUT_SEED_BASE + s).objects])
+
+
 def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample IoU of boolean masks (B, H, W); 1 where both are empty."""
     inter = (pred & target).flatten(1).sum(1).float()
@@ -114,10 +143,7 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_vqvae(args: argparse.Namespace) -> None:
-    run = Path(args.out)
-    run.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run)
-    _seed_everything(args.seed)
+    run, log = _start_run(args)
     device = torch.device(args.device)
     cfg = VQVAEConfig(**TABLETOP_VQVAE)
     vqvae = MultiScaleVQVAE(cfg).to(device)
@@ -134,16 +160,9 @@ def train_vqvae(args: argparse.Namespace) -> None:
              f"command: {' '.join(sys.argv)}")
     loader = DataLoader(TabletopMasks(cfg.image_size, args.seed + step), batch_size=args.batch,
                         num_workers=args.workers, persistent_workers=args.workers > 0)
-    heldout = torch.stack([torch.from_numpy(resize_mask(o.mask, cfg.image_size))
-                           for s in range(40) for o in tabletop.render_scene(HELDOUT_SEED_BASE + s).objects])
-    budget = args.minutes * 60
+    heldout = heldout_masks(cfg.image_size)
     t_start, last_ckpt = time.time(), time.time()
-    for masks in loader:
-        elapsed = elapsed_before + time.time() - t_start
-        if elapsed >= budget:
-            break
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(args.lr, elapsed / budget)
+    for masks, elapsed in scheduled(loader, opt, args.lr, args.minutes * 60, elapsed_before):
         img = masks_to_images(masks.to(device))
         recon, vq_loss, usage = vqvae(img)
         loss = F.mse_loss(recon, img) + F.l1_loss(recon, img) + vq_loss
@@ -196,10 +215,7 @@ def finetune_decoder(args: argparse.Namespace) -> None:
     """
     from .model import ARGenSegModel
 
-    run = Path(args.out)
-    run.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run)
-    _seed_everything(args.seed)
+    run, log = _start_run(args)
     model, tokenizer = ARGenSegModel.from_pretrained(args.model)
     vqvae = model.vqvae
     trainable = list(vqvae.post_quant_conv.parameters()) + list(vqvae.decoder.parameters())
@@ -210,19 +226,13 @@ def finetune_decoder(args: argparse.Namespace) -> None:
     cfg = vqvae.cfg
     loader = DataLoader(TabletopMasks(cfg.image_size, args.seed), batch_size=args.batch,
                         num_workers=args.workers, persistent_workers=args.workers > 0)
-    heldout = torch.stack([torch.from_numpy(resize_mask(o.mask, cfg.image_size))
-                           for s in range(40) for o in tabletop.render_scene(HELDOUT_SEED_BASE + s).objects])
+    heldout = heldout_masks(cfg.image_size)
     iou_before = _vqvae_heldout_iou(vqvae, heldout, torch.device("cpu"))
     log.line(f"decoder fine-tune of {args.model}: held-out reconstruction IoU before {iou_before:.4f}; "
              f"command: {' '.join(sys.argv)}")
-    budget, t_start, step = args.minutes * 60, time.time(), 0
+    step = 0
     vqvae.train()
-    for masks in loader:
-        elapsed = time.time() - t_start
-        if elapsed >= budget:
-            break
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(args.lr, elapsed / budget)
+    for masks, elapsed in scheduled(loader, opt, args.lr, args.minutes * 60):
         img = masks_to_images(masks)
         with torch.no_grad():
             f_hat = vqvae.idx_to_fhat(vqvae.img_to_idx(img))
@@ -267,18 +277,18 @@ class Sample:
 class ConversationEncoder:
     """Turns (instruction, reply with <mask>, masks) into token layouts; picklable for workers."""
 
-    def __init__(self, tokenizer: Any, token_ids: dict[str, int], num_slots: int, num_image_tokens: int,
-                 mask_size: int):
-        self.tokenizer, self.token_ids = tokenizer, token_ids
-        self.num_slots, self.num_image_tokens, self.mask_size = num_slots, num_image_tokens, mask_size
-        self.grid = int(round(math.sqrt(num_image_tokens)))
+    def __init__(self, model: ARGenSegModel, tokenizer: Any):
+        self.tokenizer, self.config = tokenizer, model.config
+        self.token_ids = model.config.token_ids
+        self.num_slots, self.num_image_tokens = model.num_slots, model.num_image_tokens
+        self.mask_size = model.vqvae.cfg.image_size
+        self.grid = int(round(math.sqrt(self.num_image_tokens)))
         self._cache: dict[tuple[str, str], list] = {}   # the grammar repeats sentences a lot
 
     def prompt_ids(self, instruction: str) -> list[int]:
         key = ("prompt", instruction)
         if key not in self._cache:
-            image = "<img>" + "<IMG_CONTEXT>" * self.num_image_tokens + "</img>"
-            text = TEXT_FIRST_PROMPT_TEMPLATE.format(instruction=instruction, image=image)
+            text = format_prompt(self.config, instruction, self.num_image_tokens)
             self._cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._cache[key]
 
@@ -411,16 +421,20 @@ def init_positions(model: ARGenSegModel, scale: float = 0.1) -> None:
         model.pos_1LC[0] = scale * torch.cat(rows)
 
 
-def build_tabletop_model(vqvae_state: dict[str, torch.Tensor], seed: int) -> tuple[ARGenSegModel, Any]:
-    vq_cfg = VQVAEConfig(**TABLETOP_VQVAE)
+def build_tabletop_model(vqvae_state: dict[str, torch.Tensor] | None, seed: int,
+                         vqvae: dict[str, Any] | None = None,
+                         sizes: dict[str, Any] | None = None) -> tuple[ARGenSegModel, Any]:
+    """A fresh tabletop ARGenSeg (TABLETOP_* sizes unless overridden) on a trained mask VQ-VAE."""
+    vq_cfg = VQVAEConfig(**(vqvae or TABLETOP_VQVAE))
     corpus = tabletop.expression_vocabulary()
     tokenizer = build_tabletop_tokenizer(corpus, vq_cfg.vocab_size, bpe_vocab_size=400)
     token_ids = resolve_token_ids(tokenizer, vq_cfg.vocab_size)
     config = build_config(token_ids, len(tokenizer), vq_cfg, prompt_template=TEXT_FIRST_PROMPT_TEMPLATE,
-                          system_prompt="", name="argenseg-tabletop", **TABLETOP_SIZES)
+                          system_prompt="", name="argenseg-tabletop", **(sizes or TABLETOP_SIZES))
     torch.manual_seed(seed)
     model = ARGenSegModel(config)
-    model.vqvae.load_state_dict(vqvae_state)
+    if vqvae_state is not None:
+        model.vqvae.load_state_dict(vqvae_state)
     init_positions(model)
     return model, tokenizer
 
@@ -434,6 +448,8 @@ class Losses(nn.Module):
         self.grounding_head = nn.Linear(hidden, 1)
         self.grounding_weight = grounding_weight
         self.num_scales = len(model.patch_nums)
+        # hidden_states index of the grounded image-token states: the middle LLM block's output
+        self.grounding_layer = model.backbone.config.text_config.num_hidden_layers // 2
 
     def forward(self, model: ARGenSegModel, batch: TrainBatch, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         t = batch.teacher
@@ -453,7 +469,7 @@ class Losses(nn.Module):
         for k, value in enumerate(per_scale):
             losses[f"scale{k}"] = value.detach()
         if self.grounding_weight > 0:
-            h = out.hidden_states[GROUNDING_LAYER]
+            h = out.hidden_states[self.grounding_layer]
             is_img = t.input_ids == model.config.token_ids["img_context"]
             img_states = h[is_img].view(h.shape[0], -1, h.shape[-1])       # (B, N, C)
             g_logits = self.grounding_head(img_states).squeeze(-1).float()  # (B, N)
@@ -481,10 +497,7 @@ def prepare_batch(model: ARGenSegModel, batch: TrainBatch, device: torch.device)
 
 
 def train_model(args: argparse.Namespace) -> None:
-    run = Path(args.out)
-    run.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run)
-    _seed_everything(args.seed)
+    run, log = _start_run(args)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -505,8 +518,7 @@ def train_model(args: argparse.Namespace) -> None:
         log.line(f"resumed at step {step}, {samples_seen} samples, {elapsed_before / 60:.1f} min done")
     n_params = sum(p.numel() for p in model.parameters())
     log.line(f"ARGenSeg tabletop: {n_params / 1e6:.2f}M params on {device}; command: {' '.join(sys.argv)}")
-    encoder = ConversationEncoder(tokenizer, model.config.token_ids, model.num_slots, model.num_image_tokens,
-                                  model.vqvae.cfg.image_size)
+    encoder = ConversationEncoder(model, tokenizer)
     collate = make_collate(model.config.token_ids, model.scale_of_slot.tolist(), model.vqvae.cfg.z_channels,
                            model.vqvae.cfg.image_size, encoder.grid)
     source = (DiskConversations(args.data, encoder, model.image_size, args.seed + step) if args.data
@@ -519,15 +531,9 @@ def train_model(args: argparse.Namespace) -> None:
                                      encoder, model.image_size)
                        for s, sc in ((s, tabletop.render_scene(HELDOUT_SEED_BASE + s)) for s in range(8))])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    budget = args.minutes * 60
     t_start, last_ckpt, last_log, last_samples = time.time(), time.time(), time.time(), samples_seen
     model.train()
-    for batch in loader:
-        elapsed = elapsed_before + time.time() - t_start
-        if elapsed >= budget:
-            break
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(args.lr, elapsed / budget)
+    for batch, elapsed in scheduled(loader, opt, args.lr, args.minutes * 60, elapsed_before):
         batch, scene_index = prepare_batch(model, batch, device)
         with autocast:
             feats = model.image_features(batch.pixel_values)[scene_index]
@@ -549,7 +555,7 @@ def train_model(args: argparse.Namespace) -> None:
                      f"{gap['real']:.3f} shuffled {gap['shuffled']:.3f} gap {gap['gap']:+.3f} "
                      f"({elapsed / 60:.1f} min)")
             log.metrics({"step": step, "samples": samples_seen, "elapsed": elapsed,
-                         **{k: float(v) for k, v in out.items()}, **{f"heldout_{k}": v for k, v in gap.items()}})
+                         **{k: float(v.detach()) for k, v in out.items()}, **{f"heldout_{k}": v for k, v in gap.items()}})
         if time.time() - last_ckpt > args.checkpoint_minutes * 60:
             _save_model(run, model, tokenizer, losses, opt, step, samples_seen,
                         elapsed_before + time.time() - t_start, args)
