@@ -212,7 +212,8 @@ class Demo:
         while True:
             res = self.client.send(instruction, timeout=max(1.0, deadline - time.monotonic()))
             at = self.scene_at(res.parsed.stamp)
-            retry = ((res.parsed.is_error and "image" in res.parsed.text.lower())
+            retry = ((res.parsed.is_error and any(w in res.parsed.text.lower()
+                                                  for w in ("no image", "not loaded")))
                      or (at is not None and at.seed != scene.seed))
             if not retry or time.monotonic() > deadline - 1.0:
                 return res
@@ -326,6 +327,10 @@ class Demo:
                 if time.monotonic() - t0 > a.ready_timeout:
                     print(f"[demo] ERROR: {exc}", file=sys.stderr)
                     return 3
+        state, why = self.client.wait_ready(max(1.0, a.ready_timeout - (time.monotonic() - t0)))
+        if state != "ready" and state:
+            print(f"[demo] ERROR: /{a.node.strip('/')} is not ready ({state}): {why}", file=sys.stderr)
+            return 3
         print(f"[demo] nodes up after {time.monotonic() - t0:.1f} s", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
         index = 0

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 MASK_PLACEHOLDER = "<mask>"
-#: The node's reply: "<text> [frame <sec>.<nanosec 9 digits>, <n> ms]" (the bracket may be absent).
-REPLY_SUFFIX = re.compile(r"\s*\[frame (\d+)\.(\d{9})(?:,\s*([\d.]+)\s*ms)?[^\]]*\]\s*$")
+#: The node's reply: "<text> [frame <sec>.<nanosec 9 digits>|none, <n> ms]" (README, "The
+#: segmentation node"); tolerated without the bracket.
+REPLY_SUFFIX = re.compile(r"\s*\[frame (?:(\d+)\.(\d{9})|none)(?:,\s*([\d.]+)\s*ms)?[^\]]*\]\s*$")
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_NO_NODE, EXIT_TIMEOUT, EXIT_NO_OVERLAY = 0, 1, 2, 3, 4, 5
 
 
@@ -61,7 +62,8 @@ def parse_reply(data: str) -> ParsedReply:
     if not m:
         return ParsedReply(data.strip(), None, None)
     node_ms = float(m.group(3)) if m.group(3) else None
-    return ParsedReply(data[: m.start()].strip(), (int(m.group(1)), int(m.group(2))), node_ms)
+    stamp = (int(m.group(1)), int(m.group(2))) if m.group(1) else None
+    return ParsedReply(data[: m.start()].strip(), stamp, node_ms)
 
 
 def stamp_str(stamp: tuple[int, int] | None) -> str:
@@ -204,6 +206,38 @@ class CommandClient:
             raise NodeNotFound(f"{self.base} is only partly up after {timeout:g} s: no "
                                + ", no ".join(missing))
 
+    def wait_ready(self, timeout: float, first_within: float = 3.0) -> tuple[str, str]:
+        """Wait until the node's ``/diagnostics`` say ``state`` ready (model loaded).
+
+        Returns (state, message) as last seen: ("ready", ...), ("error", why) or ("loading", ...)
+        when ``timeout`` ran out; ("", "") when no diagnostics of the node came within
+        ``first_within`` s (then the caller just goes on).
+        """
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        name = self.base.rsplit("/", 1)[-1]
+        seen: list[tuple[str, str]] = []
+
+        def on_diag(msg):
+            for st in msg.status:
+                if st.name.startswith(f"{name}:"):
+                    values = {kv.key: kv.value for kv in st.values}
+                    if "state" in values:
+                        seen.append((values["state"], st.message))
+
+        sub = self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        try:
+            t0 = time.monotonic()
+
+            def done():
+                if seen:
+                    return seen[-1][0] in ("ready", "error")
+                return time.monotonic() - t0 > first_within
+            self.spin_until(done, timeout)
+        finally:
+            self.node.destroy_subscription(sub)
+        return seen[-1] if seen else ("", "")
+
     # -- commands ---------------------------------------------------------------------------
     def publish(self, instruction: str) -> float:
         from std_msgs.msg import String
@@ -309,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node(f"argenseg_send_{int(time.time() * 1e3) % 10**9}", context=context)
     client = CommandClient(node, args.node, want_overlay=bool(args.save_overlay))
     try:
+        t0 = time.monotonic()
         client.connect(args.connect_timeout)
+        state, why = client.wait_ready(max(1.0, args.connect_timeout - (time.monotonic() - t0)))
+        if state == "loading":
+            raise NodeNotFound(f"{client.base} is still loading its model after {args.connect_timeout:g} s "
+                               "(raise --connect-timeout)")
         if args.no_wait:
             client.publish(args.instruction)
             # Reliable delivery is asynchronous: give the message a moment to leave.

@@ -34,6 +34,8 @@ def test_parse_reply_formats():
     p = parse_reply("error: no image received yet")
     assert p.is_error and p.stamp is None
     assert parse_reply("There are 2 cups. [frame 1.000000000, 12.5 ms]").node_ms == 12.5
+    p = parse_reply("Tracking stopped. [frame none, 0 ms]")
+    assert (p.text, p.stamp, p.node_ms, p.has_mask) == ("Tracking stopped.", None, 0.0, False)
 
 
 def test_image_to_array_honours_step_and_encoding():
