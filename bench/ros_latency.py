@@ -107,6 +107,13 @@ def stats_ms(values_s) -> dict:
             "min_ms": round(min(v), 1) if v else None, "max_ms": round(max(v), 1) if v else None}
 
 
+def node_params() -> dict:
+    import yaml
+
+    with open(REPO / "config" / "argenseg.yaml", encoding="utf-8") as f:
+        return yaml.safe_load(f)["argenseg"]["ros__parameters"]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -174,6 +181,9 @@ def main() -> int:
             except NodeNotFound:
                 if node_proc.p.poll() is not None or time.monotonic() - t0 > args.ready_timeout:
                     raise RuntimeError("segment_node did not come up\n" + node_proc.tail()) from None
+        state, why = client.wait_ready(max(1.0, args.ready_timeout - (time.monotonic() - t0)))
+        if state and state != "ready":
+            raise RuntimeError(f"segment_node is not ready ({state}): {why}\n" + node_proc.tail())
         print(f"[bench] nodes up after {time.monotonic() - t0:.1f} s", flush=True)
 
         # Camera rate as received here (3 s), then unsubscribe: frames cost CPU in this process too.
@@ -229,6 +239,8 @@ def main() -> int:
                         "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
             "setup": {"camera_rate_hz": args.rate_hz, "width": args.width, "height": args.height,
                       "seed": args.seed, "max_rate_hz": args.max_rate_hz, "node_args": args.node_args,
+                      "node_params_file": {k: v for k, v in node_params().items()
+                                           if k in ("device", "dtype", "num_threads", "model_path")},
                       "rmw": os.environ["RMW_IMPLEMENTATION"], "transport": "Fast DDS, one host"},
             "camera_rate_received_hz": None if cam_hz is None else round(cam_hz, 2),
             "one_shot": {"mask_latency": stats_ms(mask_lat), "reply_latency": stats_ms(reply_lat),
