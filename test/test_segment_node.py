@@ -1,0 +1,502 @@
+"""The segmentation node over real DDS: node processes started here, a test-side rclpy client.
+
+One module-scoped set of node processes serves every test (each loads the shipped model once):
+
+* ``raw``: the default node ``/argenseg`` (sensor_msgs/Image on ``/image``), image QoS reliable so
+  that no test frame is lost, ``max_rate_hz`` 2;
+* ``compressed``: ``/argenseg_c`` with ``input_format: compressed`` (``/image/compressed``);
+* ``broken``: ``/argenseg_x`` with a ``model_path`` that does not exist.
+
+Every mask is compared with ``Segmenter.segment`` run in this process on the same decoded frame
+(IoU >= 0.99). Frames are small (the model resizes anyway) except in the ground-truth test,
+which uses the evaluation split's 640x480 scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import yaml
+from conftest import PARAMS_FILE, REPO_ROOT, RosProcess, package_executable, ros_env
+
+from argenseg_ros import image_conversion as ic
+from argenseg_ros import tabletop
+
+REPLY_RE = re.compile(r"^(?P<body>.*) \[frame (?P<stamp>\d+\.\d{9}|none), (?P<ms>\d+) ms\]$", re.S)
+EVAL_REPORT = REPO_ROOT / "argenseg_ros" / "models" / "tabletop" / "eval_report.json"
+# Used when the model directory has no eval_report.json yet: the shipped model's referring gIoU
+# on held-out scenes is about 0.5 (brief of the node issue).
+FALLBACK_REFERRING_GIOU = 0.5
+GIOU_MARGIN = 0.15
+WAIT = 60.0          # bound of every wait for the node (loaded 2-core machine)
+TRACK_RATE_HZ = 2.0
+
+_stamp_counter = iter(range(1000, 10**6))
+
+
+def next_stamp():
+    from builtin_interfaces.msg import Time
+
+    return Time(sec=next(_stamp_counter), nanosec=123456789)
+
+
+def stamp_str(stamp) -> str:
+    return f"{stamp.sec}.{stamp.nanosec:09d}"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@dataclass
+class Reply:
+    text: str
+    body: str
+    stamp: str
+    ms: int
+    received: float
+
+
+@dataclass
+class Target:
+    """The topics of one node process as seen by the client."""
+
+    name: str
+    image_pub: object
+    command_pub: object
+    replies: list = field(default_factory=list)
+    masks: dict = field(default_factory=dict)       # stamp -> [(received, Image)]
+    rois: list = field(default_factory=list)
+    centroids: dict = field(default_factory=dict)
+    overlays: dict = field(default_factory=dict)
+    subs: list = field(default_factory=list)
+
+
+class Client:
+    """A test-side rclpy node spun in a background thread."""
+
+    def __init__(self, context):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node = rclpy.create_node("pytest_segment_client", context=context)
+        self.lock = threading.RLock()
+        self.diagnostics: dict[str, object] = {}
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.targets: dict[str, Target] = {}
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=5)
+        self.node.destroy_node()
+
+    def _on_diag(self, msg):
+        with self.lock:
+            for status in msg.status:
+                self.diagnostics[status.name] = status
+
+    def add_target(self, name: str, image_type, image_topic: str) -> Target:
+        from geometry_msgs.msg import PointStamped
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image, RegionOfInterest
+        from std_msgs.msg import String
+
+        reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        target = Target(name, self.node.create_publisher(image_type, image_topic, reliable),
+                        self.node.create_publisher(String, f"/{name}/command", reliable))
+
+        def on_reply(msg):
+            m = REPLY_RE.match(msg.data)
+            assert m, f"reply not in the documented format: {msg.data!r}"
+            with self.lock:
+                target.replies.append(Reply(msg.data, m["body"], m["stamp"], int(m["ms"]), time.monotonic()))
+
+        def keyed(store):
+            def on_msg(msg):
+                with self.lock:
+                    store.setdefault(stamp_str(msg.header.stamp), []).append((time.monotonic(), msg))
+            return on_msg
+
+        def on_roi(msg):
+            with self.lock:
+                target.rois.append(msg)
+
+        target.subs = [
+            self.node.create_subscription(String, f"/{name}/reply", on_reply, reliable),
+            self.node.create_subscription(Image, f"/{name}/mask", keyed(target.masks), reliable),
+            self.node.create_subscription(RegionOfInterest, f"/{name}/roi", on_roi, reliable),
+            self.node.create_subscription(PointStamped, f"/{name}/centroid", keyed(target.centroids), reliable),
+            self.node.create_subscription(Image, f"/{name}/overlay", keyed(target.overlays), reliable),
+        ]
+        self.targets[name] = target
+        return target
+
+    def status(self, name: str):
+        with self.lock:
+            return self.diagnostics.get(f"{name}: segmentation")
+
+    def wait(self, predicate, timeout: float = WAIT, period: float = 0.02):
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                value = predicate()
+            if value or time.monotonic() > deadline:
+                return value
+            time.sleep(period)
+
+    def wait_connected(self, target: Target, timeout: float = WAIT) -> bool:
+        def ok():
+            return (target.image_pub.get_subscription_count() >= 1
+                    and target.command_pub.get_subscription_count() >= 1
+                    and all(s.get_publisher_count() >= 1 for s in target.subs))
+        return bool(self.wait(ok, timeout))
+
+    def send_command(self, target: Target, text: str):
+        from std_msgs.msg import String
+
+        target.command_pub.publish(String(data=text))
+
+    def next_reply(self, target: Target, after: int, timeout: float = WAIT) -> Reply:
+        found = self.wait(lambda: len(target.replies) > after, timeout)
+        assert found, f"no reply from /{target.name} within {timeout} s"
+        with self.lock:
+            return target.replies[after]
+
+    def request(self, target: Target, frame_msg, command: str, attempts: int = 3) -> Reply:
+        """Publish a frame then a command; the reply for that frame (the command is resent if the
+        node served it before the frame arrived: topics are not ordered with each other)."""
+        if frame_msg is not None:
+            frame_msg.header.stamp = next_stamp()
+            frame_msg.header.frame_id = "camera_optical_frame"
+            target.image_pub.publish(frame_msg)
+            wanted = stamp_str(frame_msg.header.stamp)
+        for _ in range(attempts):
+            with self.lock:
+                n = len(target.replies)
+            self.send_command(target, command)
+            reply = self.next_reply(target, n)
+            if frame_msg is None or reply.stamp == wanted:
+                return reply
+        raise AssertionError(f"/{target.name} never used frame {wanted}; last reply {reply.text!r}")
+
+    def mask_for(self, target: Target, stamp: str, timeout: float = 10.0):
+        got = self.wait(lambda: target.masks.get(stamp), timeout)
+        assert got, f"no mask with stamp {stamp} from /{target.name}"
+        assert len(got) == 1, f"{len(got)} masks for one request"
+        return got[0][1]
+
+
+def set_parameters_or_none(node, target: str, values: dict, timeout: float = WAIT) -> list[bool] | None:
+    """SetParameters on ``target``; the per-parameter ``successful`` flags (None: no answer).
+
+    ``node`` must be spun by someone else (the Client's executor thread)."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = node.create_client(SetParameters, f"{target}/set_parameters")
+    try:
+        deadline = time.monotonic() + timeout
+        while not client.service_is_ready():
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        future = client.call_async(request)
+        while not future.done():
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+        results = future.result().results
+        set_parameters_or_none.reasons = [r.reason for r in results]
+        return [r.successful for r in results]
+    finally:
+        node.destroy_client(client)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+def _write_params(path, name: str, **overrides) -> str:
+    with open(PARAMS_FILE, encoding="utf-8") as f:
+        params = yaml.safe_load(f)["argenseg"]["ros__parameters"]
+    params.update(overrides)
+    path.write_text(yaml.safe_dump({name: {"ros__parameters": params}}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    import torch
+
+    from argenseg_ros.segmenter import Segmenter
+
+    torch.set_num_threads(1)  # as the node (num_threads: 1): same kernels, same results
+    return Segmenter.from_pretrained(None)
+
+
+@pytest.fixture(scope="module")
+def graph(rclpy_context, tmp_path_factory):
+    """The three node processes and a client connected to each; stopped with SIGINT at the end."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    tmp = tmp_path_factory.mktemp("segment_node")
+    exe = str(package_executable("segment_node"))
+    specs = {
+        "argenseg": ([], dict(reliability="reliable", max_rate_hz=TRACK_RATE_HZ)),
+        "argenseg_c": (["-r", "__node:=argenseg_c"], dict(reliability="reliable", input_format="compressed")),
+        "argenseg_x": (["-r", "__node:=argenseg_x"], dict(model_path=str(tmp / "no_such_model"))),
+    }
+    client = Client(rclpy_context)
+    targets = {
+        "argenseg": client.add_target("argenseg", Image, "/image"),
+        "argenseg_c": client.add_target("argenseg_c", CompressedImage, "/image/compressed"),
+        "argenseg_x": client.add_target("argenseg_x", Image, "/image"),
+    }
+    procs = {}
+    for name, (args, overrides) in specs.items():
+        params = _write_params(tmp / f"{name}.yaml", name, **overrides)
+        procs[name] = RosProcess([exe, "--ros-args", "--params-file", params, *args], ros_env(),
+                                 tmp / f"{name}.log")
+    try:
+        for name, target in targets.items():
+            assert client.wait_connected(target), f"/{name} not connected:\n{procs[name].output()}"
+            state = "error" if name == "argenseg_x" else "ready"
+            assert client.wait(lambda n=name, s=state: (st := client.status(n)) is not None and any(
+                kv.key == "state" and kv.value == s for kv in st.values)), \
+                f"/{name} never reported state {state}:\n{procs[name].output()}"
+        # A command before any frame (recorded now, while no frame was sent to /argenseg_c).
+        before_any_frame = client.request(targets["argenseg_c"], None, "the red cup")
+        yield {"client": client, "targets": targets, "procs": procs, "before_any_frame": before_any_frame}
+    finally:
+        codes = {name: proc.stop(signal.SIGINT, timeout=15) for name, proc in procs.items()}
+        client.close()
+    for name, code in codes.items():
+        assert code == 0, f"/{name} exit code {code} after SIGINT:\n{procs[name].output()}"
+        assert "Traceback" not in procs[name].output(), procs[name].output()
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return tabletop.render_scene(11, 320, 240)
+
+
+def _query(scene, kind: str) -> tabletop.Query:
+    for q in tabletop.all_queries(scene):
+        if q.expression_type == kind:
+            return q
+    pytest.skip(f"scene has no {kind} query")
+
+
+def _pick(scene, segmenter, types, want) -> tabletop.Query:
+    """The first query of ``types`` whose Segmenter reply satisfies ``want(reply)``."""
+    for q in tabletop.all_queries(scene):
+        if q.expression_type in types and want(segmenter.segment(scene.image, q.instruction).reply):
+            return q
+    pytest.skip(f"no {types} query of the scene gets the wanted reply from the model")
+
+
+def _expected(segmenter, rgb, instruction, **settings):
+    for key, value in settings.items():
+        setattr(segmenter, key, value)
+    try:
+        result = segmenter.segment(rgb, instruction)
+    finally:
+        segmenter.mask_threshold, segmenter.cfg_scale = 0.5, 0.0
+    if result.masks:
+        return result, np.logical_or.reduce(result.masks)
+    if result.reply.startswith("I don't see"):  # the node publishes an empty mask
+        return result, np.zeros(rgb.shape[:2], bool)
+    return result, None
+
+
+def _check_mask_outputs(client, target, reply, frame_msg, expected_mask):
+    stamp = reply.stamp
+    mask_msg = client.mask_for(target, stamp)
+    assert mask_msg.header.frame_id == frame_msg.header.frame_id
+    assert stamp_str(mask_msg.header.stamp) == stamp_str(frame_msg.header.stamp)
+    assert (mask_msg.encoding, mask_msg.width, mask_msg.height) == ("mono8", frame_msg.width, frame_msg.height)
+    values = np.frombuffer(mask_msg.data, np.uint8)
+    assert set(np.unique(values).tolist()) <= {0, 255}
+    mask = ic.image_msg_to_mask(mask_msg)
+    assert iou(mask, expected_mask) >= 0.99, f"IoU {iou(mask, expected_mask):.3f} with Segmenter.segment"
+    if mask.any():
+        centroid = client.wait(lambda: target.centroids.get(stamp), 10.0)
+        assert centroid, "no centroid for a non-empty mask"
+        point = centroid[0][1]
+        assert point.header.frame_id == frame_msg.header.frame_id
+        cx, cy = ic.mask_centroid(mask)
+        assert (point.point.x, point.point.y) == pytest.approx((cx, cy), abs=1e-6)
+    return mask
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_nodes_report_readiness_on_diagnostics_and_log(graph):
+    client, procs = graph["client"], graph["procs"]
+    status = client.status("argenseg")
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    assert status.level == DiagnosticStatus.OK and status.message.startswith("ready")
+    values = {kv.key: kv.value for kv in status.values}
+    assert values["model"] and values["device"] == "cpu" and values["dtype"] == "float32"
+    assert values["image_topic"] == "/image" and values["command_topic"] == "/argenseg/command"
+    for key in ("commands_pending", "latency_ms_median", "frames_received", "frames_skipped", "errors"):
+        assert key in values
+    assert "ready: model" in procs["argenseg"].output()
+    broken = client.status("argenseg_x")
+    assert broken.level == DiagnosticStatus.ERROR and "does not exist" in broken.message
+
+
+def test_command_before_any_frame_gets_an_error_reply(graph):
+    reply = graph["before_any_frame"]
+    assert reply.body.startswith("error: no image received yet on /image/compressed"), reply.text
+    assert reply.stamp == "none"
+
+
+@pytest.mark.parametrize("encoding, padding", [("rgb8", 0), ("bgr8", 0), ("rgba8", 0), ("bgra8", 4),
+                                               ("mono8", 3)])
+def test_one_shot_mask_matches_segmenter_with_the_frame_header(graph, segmenter, scene, encoding, padding):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    query = _query(scene, "colour_kind")
+    frame = ic.rgb_to_image_msg(scene.image, encoding, row_padding=padding)
+    rgb = ic.image_msg_to_rgb(frame)  # mono8: what the node sees is grey
+    t0 = time.monotonic()
+    reply = client.request(target, frame, query.instruction)
+    latency = time.monotonic() - t0
+    result, expected = _expected(segmenter, rgb, query.instruction)
+    assert reply.body == result.reply, reply.text
+    assert expected is not None, f"Segmenter gave no mask for {query.instruction!r}: {result.reply!r}"
+    if encoding == "mono8":  # a grey frame: colours may be unseen ("I don't see a red ball.")
+        assert result.reply == "Sure, <mask>." or result.reply.startswith("I don't see")
+    else:
+        assert result.reply == "Sure, <mask>."
+    _check_mask_outputs(client, target, reply, frame, expected)
+    assert 0 <= reply.ms <= latency * 1000 + 50
+    print(f"{encoding}: frame+command -> reply {latency * 1000:.0f} ms (node says {reply.ms} ms)")
+
+
+def test_roi_and_overlay_follow_the_mask(graph, segmenter, scene):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    query = _pick(scene, segmenter, tabletop.REFERRING_TYPES, lambda r: r == "Sure, <mask>.")
+    frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+    with client.lock:
+        n_rois = len(target.rois)
+    reply = client.request(target, frame, query.instruction)
+    mask = ic.image_msg_to_mask(client.mask_for(target, reply.stamp))
+    assert client.wait(lambda: len(target.rois) > n_rois, 10.0)
+    roi = target.rois[-1]
+    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == ic.mask_bbox(mask)
+    overlay = client.wait(lambda: target.overlays.get(reply.stamp), 10.0)
+    assert overlay, "no overlay while subscribed"
+    msg = overlay[0][1]
+    assert (msg.encoding, msg.width, msg.height, msg.header.frame_id) == (
+        "rgb8", frame.width, frame.height, "camera_optical_frame")
+    np.testing.assert_array_equal(ic.image_msg_to_rgb(msg), ic.overlay(scene.image, mask))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_compressed_input(graph, segmenter, scene, fmt):
+    client, target = graph["client"], graph["targets"]["argenseg_c"]
+    query = _query(scene, "colour_kind")
+    frame = ic.rgb_to_compressed_msg(scene.image, fmt)
+    reply = client.request(target, frame, query.instruction)
+    rgb = ic.compressed_msg_to_rgb(frame)
+    result, expected = _expected(segmenter, rgb, query.instruction)
+    assert reply.body == result.reply
+    mask = ic.image_msg_to_mask(client.mask_for(target, reply.stamp))
+    assert mask.shape == scene.image.shape[:2]
+    assert iou(mask, expected) >= 0.99
+
+
+def test_question_gets_text_only_and_absent_referent_an_empty_mask(graph, segmenter, scene):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    question = _query(scene, "count_kind")
+    frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+    reply = client.request(target, frame, question.instruction)
+    result, _ = _expected(segmenter, scene.image, question.instruction)
+    assert reply.body == result.reply and "<mask>" not in reply.body
+    time.sleep(0.5)  # a mask would have been published before the reply
+    assert reply.stamp not in target.masks
+    absent = _pick(scene, segmenter, ("absent",), lambda r: r.startswith("I don't see"))
+    result, _ = _expected(segmenter, scene.image, absent.instruction)
+    frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+    reply = client.request(target, frame, absent.instruction)
+    assert reply.body == result.reply
+    mask = ic.image_msg_to_mask(client.mask_for(target, reply.stamp))
+    assert mask.shape == scene.image.shape[:2] and not mask.any()
+
+
+def test_commands_are_served_in_order(graph, segmenter, scene):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+    client.request(target, frame, _query(scene, "count_kind").instruction)  # the node now has this frame
+    commands = [_query(scene, t).instruction for t in ("count_colour", "colour_kind", "exists")]
+    expected = [_expected(segmenter, scene.image, c)[0].reply for c in commands]
+    with client.lock:
+        n = len(target.replies)
+    for c in commands:
+        client.send_command(target, c)
+    assert client.wait(lambda: len(target.replies) >= n + 3)
+    got = target.replies[n:n + 3]
+    assert [r.body for r in got] == expected
+    assert {r.stamp for r in got} == {stamp_str(frame.header.stamp)}
+
+
+def test_mask_threshold_change_takes_effect(graph, segmenter, scene):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    assert set_parameters_or_none(client.node, "/argenseg", {"mask_threshold": 0.9}) == [True]
+    try:
+        query = _query(scene, "colour_kind")
+        frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+        reply = client.request(target, frame, query.instruction)
+        _, expected = _expected(segmenter, scene.image, query.instruction, mask_threshold=0.9)
+        _check_mask_outputs(client, target, reply, frame, expected)
+    finally:
+        assert set_parameters_or_none(client.node, "/argenseg", {"mask_threshold": 0.5}) == [True]
+
+
+def _eval_giou() -> tuple[float, str]:
+    if EVAL_REPORT.is_file():
+        report = json.loads(EVAL_REPORT.read_text())
+        return float(report["referring"]["giou"]), f"{EVAL_REPORT.name} referring gIoU"
+    return FALLBACK_REFERRING_GIOU, "fallback constant (no eval_report.json)"
+
+
+def test_ground_truth_iou_matches_the_eval_report(graph, segmenter):
+    """Held-out scenes of the evaluation split, through the node: referring gIoU >= report - margin."""
+    from argenseg_ros.evaluation import split_queries
+    from argenseg_ros.training import HELDOUT_SEED_BASE
+
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    ious = []
+    seed = HELDOUT_SEED_BASE
+    while len(ious) < 12:
+        scene_, queries = split_queries(seed, 4)
+        seed += 1
+        frame = ic.rgb_to_image_msg(scene_.image, "rgb8")
+        for q in queries:
+            if q.expression_type not in tabletop.REFERRING_TYPES:
+                continue
+            reply = client.request(target, frame, q.instruction)
+            if "<mask>" in reply.body:
+                mask = ic.image_msg_to_mask(client.mask_for(target, reply.stamp))
+            else:
+                mask = np.zeros(scene_.image.shape[:2], bool)
+            ious.append(iou(mask, q.mask))
+            frame = ic.rgb_to_image_msg(scene_.image, "rgb8")  # a new stamp for the next query
+    giou, source = _eval_giou()
+    mean = float(np.mean(ious))
+    print(f"ground truth gIoU through the node: {mean:.3f} over {len(ious)} queries; {source} {giou:.3f}")
+    assert mean >= giou - GIOU_MARGIN, f"node gIoU {mean:.3f} < {source} {giou:.3f} - {GIOU_MARGIN}"
