@@ -268,6 +268,12 @@ class CommandClient:
         parsed = parse_reply(first.msg.data)
         result = CommandResult(instruction, first.msg.data, parsed, first.t - t0, None)
         if not parsed.has_mask:
+            # An absent referent may come with an empty mask of its frame: keep it if it is here.
+            self.spin_until(lambda: False, 0.0)
+            if parsed.stamp is not None:
+                mask = self._matching(self.masks, parsed.stamp, t0)
+                if mask is not None:
+                    result.mask = image_to_array(mask.msg)
             return result
         stamp = parsed.stamp
         remaining = max(0.0, deadline - time.perf_counter())
