@@ -11,9 +11,9 @@ or split, cast, and appended to an output shard that is written as soon as it is
 about one output shard plus one tensor (8B with 4 GB shards: well under 24 GB). All names and
 shapes are checked against the target model (built on the meta device) before anything is written.
 
-The sentencepiece `tokenizer.model` is read by a small protobuf reader here (no `sentencepiece` or
-`protobuf` package needed) and rebuilt as a fast tokenizer; every added token, special and visual,
-keeps its original id.
+The sentencepiece `tokenizer.model` (parsed with sentencepiece's protobuf schema) is converted by
+transformers to a fast Llama tokenizer (legacy=False, no prefix space); every added token, special and
+visual, keeps its original id.
 
 CLI: argenseg-convert --checkpoint DIR [--vqvae vae_ch160v4096z32.pth] --out DIR [--dtype bfloat16]
                       [--shard-size-gb 4]
@@ -24,18 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from google.protobuf.message import DecodeError
 from safetensors import safe_open
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import InternVLConfig, PreTrainedTokenizerFast
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken
+from transformers import InternVLConfig, LlamaTokenizerFast, PreTrainedTokenizerFast
 
 from .model import (
     CONFIG_FILE,
@@ -50,7 +51,7 @@ from .vqvae import VQVAEConfig
 
 __all__ = [
     "ConversionError", "convert_checkpoint", "config_from_official", "backbone_config_from_official",
-    "plan_conversion", "split_wqkv", "read_sentencepiece_model", "convert_tokenizer", "main",
+    "plan_conversion", "split_wqkv", "convert_tokenizer", "main",
     "RELEASE_OFFICIAL_CONFIG", "RELEASE_TOKEN_IDS", "RELEASE_VOCAB_SIZE", "INTERNVL2_5_CHAT_TEMPLATE",
 ]
 
@@ -397,104 +398,22 @@ def load_vqvae_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------
-# tokenizer: a minimal reader of sentencepiece's ModelProto
+# tokenizer: sentencepiece's own protobuf schema reads tokenizer.model, transformers builds the fast
+# Llama tokenizer from it (the route LlamaTokenizerFast.from_pretrained takes for a .model file)
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buf):
-            raise ConversionError("truncated protobuf varint in tokenizer.model")
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a protobuf message; value: int, bytes, or raw fixed bytes."""
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise ConversionError(f"unsupported protobuf wire type {wire} in tokenizer.model")
-        if pos > len(buf):
-            raise ConversionError("truncated protobuf message in tokenizer.model")
-        yield number, wire, value
-
-
-# sentencepiece piece types
-SP_NORMAL, SP_UNKNOWN, SP_CONTROL, SP_USER_DEFINED, SP_UNUSED, SP_BYTE = 1, 2, 3, 4, 5, 6
-SP_UNIGRAM, SP_BPE = 1, 2
-
-
-@dataclass
-class SentencePieceModel:
-    pieces: list[tuple[str, float, int]]          # (piece, score, type) by id
-    model_type: int = SP_UNIGRAM
-    byte_fallback: bool = False
-    add_dummy_prefix: bool = True
-    unk_id: int = 0
-
-
-def read_sentencepiece_model(path: Path) -> SentencePieceModel:
-    """Pieces, scores, types and the few trainer/normalizer flags a fast tokenizer needs."""
+def _spm_proto(path: Path) -> Any:
+    """tokenizer.model parsed with sentencepiece's ModelProto (sentencepiece_model_pb2, via protobuf)."""
     if not path.is_file():
         raise ConversionError(f"tokenizer file {str(path)!r} does not exist")
-    data = path.read_bytes()
-    model = SentencePieceModel(pieces=[])
-    for number, wire, value in _fields(data):
-        if number == 1 and wire == 2:              # ModelProto.pieces
-            piece, score, kind = "", 0.0, SP_NORMAL
-            for n, w, v in _fields(value):
-                if n == 1 and w == 2:
-                    piece = v.decode("utf-8")
-                elif n == 2 and w == 5:
-                    score = struct.unpack("<f", v)[0]
-                elif n == 3 and w == 0:
-                    kind = v
-            model.pieces.append((piece, score, kind))
-        elif number == 2 and wire == 2:            # TrainerSpec
-            for n, w, v in _fields(value):
-                if n == 3 and w == 0:
-                    model.model_type = v
-                elif n == 35 and w == 0:
-                    model.byte_fallback = bool(v)
-                elif n == 40 and w == 0:
-                    model.unk_id = v
-        elif number == 3 and wire == 2:            # NormalizerSpec
-            for n, w, v in _fields(value):
-                if n == 3 and w == 0:
-                    model.add_dummy_prefix = bool(v)
-    if not model.pieces:
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except DecodeError as err:
+        raise ConversionError(f"{path} is not a sentencepiece model: {err}") from err
+    if not proto.pieces:
         raise ConversionError(f"{path} holds no sentencepiece pieces (not a sentencepiece model?)")
-    return model
-
-
-def _bpe_merges(sp: SentencePieceModel) -> list[tuple[str, str]]:
-    """Merges equivalent to sentencepiece BPE: a piece is built from any split whose two parts are
-    pieces; merges are ranked by the built piece's score (then id), then by the parts' ids."""
-    vocab = {p: i for i, (p, _, kind) in enumerate(sp.pieces) if kind == SP_NORMAL}
-    ranked = sorted(vocab.items(), key=lambda item: (-sp.pieces[item[1]][1], item[1]))
-    merges: list[tuple[str, str]] = []
-    for piece, _ in ranked:
-        local = [(piece[:i], piece[i:]) for i in range(1, len(piece))
-                 if piece[:i] in vocab and piece[i:] in vocab]
-        local.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
-        merges.extend(local)
-    return merges
+    return proto
 
 
 def _added_tokens(checkpoint: Path) -> dict[int, dict[str, Any]]:
@@ -516,55 +435,63 @@ def _added_tokens(checkpoint: Path) -> dict[int, dict[str, Any]]:
 
 
 def convert_tokenizer(checkpoint: Path, codebook_size: int) -> tuple[PreTrainedTokenizerFast, dict[str, int], list[str]]:
-    """The release's sentencepiece tokenizer + added tokens -> a fast tokenizer with the same ids.
+    """The release's sentencepiece tokenizer + added tokens -> a fast Llama tokenizer with the same ids.
 
-    Returns the tokenizer, the resolved token ids (tokenization.resolve_token_ids) and notes.
+    transformers converts tokenizer.model (legacy=False, no prefix space: text after a special token
+    gets no leading "▁"); the added tokens of tokenizer_config.json / added_tokens.json are then appended
+    in id order, and every one is checked to keep its id. Returns the tokenizer, the resolved token ids
+    (tokenization.resolve_token_ids) and notes.
     """
-    sp = read_sentencepiece_model(checkpoint / SPM_FILE)
+    spm_path = checkpoint / SPM_FILE
+    proto = _spm_proto(spm_path)
+    pieces = [p.piece for p in proto.pieces]
+    n = len(pieces)
+    first: dict[str, int] = {}
+    for i, piece in enumerate(pieces):
+        if piece in first:
+            raise ConversionError(f"tokenizer.model holds piece {piece!r} twice (ids {first[piece]} and {i})")
+        first[piece] = i
+    if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
+        kind = proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type)
+        raise ConversionError(f"tokenizer.model is a sentencepiece {kind} model; the Llama tokenizer needs BPE")
     notes: list[str] = []
-    vocab = {}
-    for i, (piece, _, _) in enumerate(sp.pieces):
-        if piece in vocab:
-            raise ConversionError(f"tokenizer.model holds piece {piece!r} twice (ids {vocab[piece]} and {i})")
-        vocab[piece] = i
-    unk = sp.pieces[sp.unk_id][0] if sp.unk_id < len(sp.pieces) else None
-    if sp.model_type == SP_BPE:
-        model = models.BPE(vocab=vocab, merges=_bpe_merges(sp), unk_token=unk, fuse_unk=True,
-                           byte_fallback=sp.byte_fallback)
-    elif sp.model_type == SP_UNIGRAM:
-        model = models.Unigram([(p, s) for p, s, _ in sp.pieces], unk_id=sp.unk_id, byte_fallback=sp.byte_fallback)
-    else:
-        raise ConversionError(f"tokenizer.model type {sp.model_type}: only BPE (2) and Unigram (1) are supported")
-    tok = Tokenizer(model)
-    # legacy=False and no prefix space: text after a special token is not given a leading "▁".
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    if sp.add_dummy_prefix:
+    if proto.normalizer_spec.add_dummy_prefix:
         notes.append("tokenizer.model asks for a dummy prefix; converted without one (legacy=False, as InternVL)")
 
+    def piece(index: int) -> str | None:
+        return pieces[index] if 0 <= index < n else None
+
+    spec = proto.trainer_spec
+    try:
+        native = LlamaTokenizerFast.convert_to_native_format(vocab_file=str(spm_path), legacy=False,
+                                                             add_prefix_space=False)
+        tokenizer = LlamaTokenizerFast(**native, unk_token=piece(spec.unk_id), bos_token=piece(spec.bos_id),
+                                       eos_token=piece(spec.eos_id), clean_up_tokenization_spaces=False)
+    except Exception as err:  # transformers / sentencepiece raise several types here
+        raise ConversionError(f"transformers could not convert {spm_path}: {err}") from err
+    if tokenizer.vocab_size != n:
+        raise ConversionError(f"the converted vocabulary has {tokenizer.vocab_size} tokens, tokenizer.model {n} pieces")
+
     added = _added_tokens(checkpoint)
-    for i, (piece, _, kind) in enumerate(sp.pieces):   # control / user-defined pieces never split
-        if kind in (SP_CONTROL, SP_USER_DEFINED, SP_UNKNOWN) and i not in added:
-            added[i] = {"content": piece, "special": kind != SP_USER_DEFINED}
-    n = len(sp.pieces)
     for token_id, info in sorted(added.items()):
-        if token_id < n and info["content"] != sp.pieces[token_id][0]:
+        if token_id < n and info["content"] != pieces[token_id]:
             raise ConversionError(f"added token {info['content']!r} claims id {token_id}, which tokenizer.model "
-                                  f"gives to {sp.pieces[token_id][0]!r}")
+                                  f"gives to {pieces[token_id]!r}")
     beyond = sorted(i for i in added if i >= n)
     if beyond and beyond != list(range(n, n + len(beyond))):
         gap = next(i for k, i in enumerate(beyond) if i != n + k)
         raise ConversionError(f"added token ids must follow tokenizer.model's {n} pieces without gaps; "
                               f"id {gap} comes after {n + beyond.index(gap) - 1}")
+    # In id order, in runs of equal specialness; pieces of tokenizer.model only take the config's flags.
     run: list[AddedToken] = []
     run_special: bool | None = None
 
     def flush() -> None:
         if run:
-            (tok.add_special_tokens if run_special else tok.add_tokens)(list(run))
+            tokenizer.add_tokens(list(run), special_tokens=bool(run_special))
             run.clear()
 
-    for token_id, info in sorted(added.items()):
+    for _, info in sorted(added.items()):
         special = bool(info.get("special", True))
         if special != run_special:
             flush()
@@ -573,8 +500,8 @@ def convert_tokenizer(checkpoint: Path, codebook_size: int) -> tuple[PreTrainedT
                               lstrip=bool(info.get("lstrip", False)), rstrip=bool(info.get("rstrip", False)),
                               normalized=bool(info.get("normalized", False)), special=special))
     flush()
-    moved = [(info["content"], i, tok.token_to_id(info["content"])) for i, info in sorted(added.items())
-             if tok.token_to_id(info["content"]) != i]
+    moved = [(info["content"], i, tokenizer.convert_tokens_to_ids(info["content"])) for i, info in sorted(added.items())
+             if tokenizer.convert_tokens_to_ids(info["content"]) != i]
     if moved:
         raise ConversionError(f"{len(moved)} added token(s) would change id, e.g. " +
                               ", ".join(f"{c!r} {a}->{b}" for c, a, b in moved[:3]))
@@ -582,15 +509,14 @@ def convert_tokenizer(checkpoint: Path, codebook_size: int) -> tuple[PreTrainedT
     tk_config = {}
     if (checkpoint / "tokenizer_config.json").is_file():
         tk_config = json.loads((checkpoint / "tokenizer_config.json").read_text())
-    specials = {}
-    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+    vocab = tokenizer.get_vocab()
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):   # only tokens it already has
         value = tk_config.get(name)
         if isinstance(value, dict):
             value = value.get("content")
-        if isinstance(value, str) and tok.token_to_id(value) is not None:
-            specials[name] = value
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False,
-                                        model_max_length=int(tk_config.get("model_max_length", 8192)), **specials)
+        if isinstance(value, str) and value in vocab:
+            setattr(tokenizer, name, value)
+    tokenizer.model_max_length = int(tk_config.get("model_max_length", 8192))
     tokenizer.chat_template = tk_config.get("chat_template") or INTERNVL2_5_CHAT_TEMPLATE
     try:
         token_ids = resolve_token_ids(tokenizer, codebook_size)

@@ -3,23 +3,27 @@
 The test writes, with tiny sizes and random weights, exactly what the release ships: InternVL's
 internvl_chat config.json, safetensors shards + model.safetensors.index.json with the release's key
 names (InternViT `attn.qkv`, `mlp1.{0,1,3}`, InternLM2 packed `attention.wqkv`, `word_embed`,
-`pos_1LC`, `lvl_embed`, `image_tokenizer.*`), a sentencepiece BPE `tokenizer.model` (protobuf,
-written by hand below) and a tokenizer_config.json whose added tokens follow the release's layout
-(InternVL tokens, then <mask> <ge_start> <ge_end> <MASK_CONTEXT>, then the visual tokens). The
-converted model is checked against forwards computed directly from the official (packed) weights.
+`pos_1LC`, `lvl_embed`, `image_tokenizer.*`), a sentencepiece BPE `tokenizer.model` (trained by the
+sentencepiece library, InternLM2's user-defined chat pieces appended) and a tokenizer_config.json
+whose added tokens follow the release's layout (InternVL tokens, then <mask> <ge_start> <ge_end>
+<MASK_CONTEXT>, then the visual tokens). The converted model is checked against forwards computed
+directly from the official (packed) weights.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
-import struct
 from pathlib import Path
 
 import pytest
+import sentencepiece
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from sentencepiece import sentencepiece_model_pb2
 
 from argenseg_ros import conversion
 from argenseg_ros.conversion import ConversionError, convert_checkpoint, convert_tokenizer, split_wqkv
@@ -44,64 +48,50 @@ INTERNVL_ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref
 ARGENSEG_ADDED = ["<mask>", "<ge_start>", "<ge_end>", "<MASK_CONTEXT>"]
 
 
-# ---- a sentencepiece model written by hand (protobuf wire format) --------------------------------
+# ---- a sentencepiece model trained by the sentencepiece library ----------------------------------
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+CORPUS = ["hello world", "the red cup", "segment the red cup", "hello, the world: red; cup.",
+          "a mug on the table", "segment the mug; hello world."] * 20
+INTERNLM2_USER_DEFINED = ["<|plugin|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
 
 
-def _field(number: int, wire: int, payload: bytes | int) -> bytes:
-    tag = _varint(number << 3 | wire)
-    if wire == 0:
-        return tag + _varint(int(payload))
-    if wire == 2:
-        return tag + _varint(len(payload)) + payload
-    return tag + payload  # wire 5: 4 raw bytes
+@functools.cache
+def _trained_spm() -> bytes:
+    """A small byte-fallback BPE model, trained deterministically (one thread) on CORPUS."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_writer=model, model_type="bpe", vocab_size=340, byte_fallback=True,
+        character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=False, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
+    return model.getvalue()
 
 
-def write_spm(path: Path, pieces: list[tuple[str, float, int]], byte_fallback: bool = True) -> None:
-    msg = b""
-    for piece, score, kind in pieces:
-        body = _field(1, 2, piece.encode()) + _field(2, 5, struct.pack("<f", score)) + _field(3, 0, kind)
-        msg += _field(1, 2, body)
-    trainer = _field(3, 0, 2) + _field(4, 0, len(pieces)) + _field(35, 0, int(byte_fallback)) + _field(40, 0, 0)
-    normalizer = _field(1, 2, b"identity") + _field(3, 0, 0)
-    path.write_bytes(msg + _field(2, 2, trainer) + _field(3, 2, normalizer))
+def spm_model(filler: int = 0) -> sentencepiece_model_pb2.ModelProto:
+    """<unk> <s> </s>, 256 byte pieces, the trained merges and chars, [filler], then InternLM2's
+    user-defined chat tokens at the end of the sentencepiece vocabulary (InternLM2 has <|im_end|> at
+    92542 and <|im_start|> at 92543: the last two pieces)."""
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(_trained_spm())
+    piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
+    low = min(p.score for p in proto.pieces)
+    for i in range(filler):
+        proto.pieces.add(piece=f"▁filler{i}", score=low - 1.0 - i, type=piece_type.NORMAL)
+    for name in INTERNLM2_USER_DEFINED:
+        proto.pieces.add(piece=name, score=0.0, type=piece_type.USER_DEFINED)
+    proto.trainer_spec.vocab_size = len(proto.pieces)
+    return proto
 
 
-def spm_pieces(filler: int = 0) -> list[tuple[str, float, int]]:
-    """<unk> <s> </s>, 256 byte pieces, chars + merges (scores decide merge order), [filler],
-    then InternLM2's user-defined chat tokens at the end of the sentencepiece vocabulary."""
-    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
-    pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
-    chars = list("▁abcdeghilmnoprstuwy,.:;")
-    merges = ["he", "ll", "hell", "hello", "▁w", "or", "ld", "▁wor", "▁world", "▁t", "▁the", "re", "▁re",
-              "▁red", "▁c", "up", "▁cup", "▁s", "eg", "▁seg"]
-    score = 0.0
-    for m in merges:
-        score -= 1.0
-        pieces.append((m, score, 1))
-    for c in chars:
-        pieces.append((c, -100.0, 1))
-    pieces += [(f"▁filler{i}", -200.0 - i, 1) for i in range(filler)]
-    pieces += [("<|plugin|>", 0.0, 4), ("<|action_start|>", 0.0, 4), ("<|im_end|>", 0.0, 4), ("<|im_start|>", 0.0, 4)]
-    # InternLM2 has <|im_end|> at 92542 and <|im_start|> at 92543: the last two pieces.
-    return pieces
+SPM_SIZE = len(spm_model().pieces)
 
 
 def write_tokenizer(directory: Path, codebook: int, filler: int = 0) -> dict[str, int]:
-    pieces = spm_pieces(filler)
-    write_spm(directory / "tokenizer.model", pieces)
-    n = len(pieces)
+    proto = spm_model(filler)
+    (directory / "tokenizer.model").write_bytes(proto.SerializeToString())
+    n = len(proto.pieces)
     added = INTERNVL_ADDED + ARGENSEG_ADDED + [visual_token(i) for i in range(codebook)]
-    decoder = {str(i): {"content": p, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
-                        "single_word": False} for i, (p, _, kind) in enumerate(pieces) if kind in (2, 3, 4)}
+    decoder = {str(i): {"content": p.piece, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
+                        "single_word": False} for i, p in enumerate(proto.pieces) if p.type in (2, 3, 4)}
     for k, content in enumerate(added):
         decoder[str(n + k)] = {"content": content, "special": True, "lstrip": False, "rstrip": False,
                                "normalized": False, "single_word": False}
@@ -345,7 +335,7 @@ def test_tokenizer_keeps_every_id_and_the_release_prompt(converted):
     root, _, ids, _, model, tokenizer = converted
     for content, token_id in ids.items():
         assert tokenizer.convert_tokens_to_ids(content) == token_id, content
-    n = len(spm_pieces())
+    n = SPM_SIZE
     t = model.config.token_ids
     assert (t["img_start"], t["img_context"], t["mask"], t["ge_start"], t["visual_offset"]) == (n, n + 2, n + 9, n + 10, n + 13)
     assert t["eos"] == t["pad"] == n - 2      # <|im_end|>; no pad token in the release vocabulary
@@ -356,6 +346,9 @@ def test_tokenizer_keeps_every_id_and_the_release_prompt(converted):
     assert enc[0] == ids["<|im_start|>"] and enc.count(t["eos"]) == 2
     assert tokenizer.decode(enc) == prompt
     assert tokenizer.tokenize("hello world") == ["hello", "▁world"]
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(root / "official" / "tokenizer.model"))
+    for text in ("hello world", "segment the mug; hello, the red cup.", "héllo wörld 日本", "hi<|im_end|>\n<|im_start|>x"):
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == spm.encode(text), text   # as sentencepiece
     assert tokenizer.decode(tokenizer("héllo, the red cup")["input_ids"]) == "héllo, the red cup"  # byte fallback
     assert tokenizer.convert_tokens_to_ids(visual_token(5)) == t["visual_offset"] + 5
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
@@ -363,9 +356,27 @@ def test_tokenizer_keeps_every_id_and_the_release_prompt(converted):
     assert model.config.prompt_template.startswith("<|im_start|>system\n{system}")
 
 
+def test_unusable_tokenizer_models_are_refused(tmp_path):
+    write_tokenizer(tmp_path, 4)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=model, model_type="unigram",
+                                             vocab_size=30, num_threads=1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    with pytest.raises(ConversionError, match="UNIGRAM model; the Llama tokenizer needs BPE"):
+        convert_tokenizer(tmp_path, 4)
+    (tmp_path / "tokenizer.model").write_bytes(b"\xff\xff\xff not a model")
+    with pytest.raises(ConversionError, match="not a sentencepiece model|no sentencepiece pieces"):
+        convert_tokenizer(tmp_path, 4)
+    proto = spm_model()
+    proto.pieces.add(piece="hello", score=-1.0, type=proto.SentencePiece.NORMAL)
+    (tmp_path / "tokenizer.model").write_bytes(proto.SerializeToString())
+    with pytest.raises(ConversionError, match="holds piece 'hello' twice"):
+        convert_tokenizer(tmp_path, 4)
+
+
 def test_release_token_ids_survive_conversion(tmp_path):
     """The real id layout: 92544 sentencepiece pieces, <mask> = 92553, visual tokens from 92557."""
-    filler = 92544 - len(spm_pieces())
+    filler = 92544 - SPM_SIZE
     ids = write_tokenizer(tmp_path, 4096, filler=filler)
     tokenizer, token_ids, _ = convert_tokenizer(tmp_path, 4096)
     assert token_ids == conversion.RELEASE_TOKEN_IDS
