@@ -500,3 +500,228 @@ def test_ground_truth_iou_matches_the_eval_report(graph, segmenter):
     mean = float(np.mean(ious))
     print(f"ground truth gIoU through the node: {mean:.3f} over {len(ious)} queries; {source} {giou:.3f}")
     assert mean >= giou - GIOU_MARGIN, f"node gIoU {mean:.3f} < {source} {giou:.3f} - {GIOU_MARGIN}"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _bad_frame(kind: str, scene):
+    from sensor_msgs.msg import Image
+
+    good = ic.rgb_to_image_msg(scene.image, "rgb8")
+    if kind == "encoding":
+        good.encoding = "yuv422"
+        return good
+    if kind == "length":
+        good.data = good.data[:-7]
+        return good
+    if kind == "zero":
+        return Image(height=0, width=0, encoding="rgb8", step=0)
+    if kind == "giant":
+        import array
+
+        return Image(height=2, width=9000, encoding="mono8", step=9000, data=array.array("B", bytes(18000)))
+    raise ValueError(kind)
+
+
+def _good_command_still_works(client, target, segmenter, scene):
+    query = _pick(scene, segmenter, tabletop.REFERRING_TYPES, lambda r: r == "Sure, <mask>.")
+    if target.name == "argenseg_c":
+        frame = ic.rgb_to_compressed_msg(scene.image, "png")
+    else:
+        frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+    reply = client.request(target, frame, query.instruction)
+    assert reply.body == "Sure, <mask>.", reply.text
+    client.mask_for(target, reply.stamp)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("encoding", ["unsupported image encoding 'yuv422'", "rgb8, bgr8, rgba8, bgra8, mono8"]),
+    ("length", ["bytes but 320x240 rgb8 with step 960 needs 230400"]),
+    ("zero", ["zero size (0x0)"]),
+    ("giant", ["9000x2", "8192"]),
+])
+def test_bad_frame_gets_an_error_reply_naming_it(graph, segmenter, scene, kind, words):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    frame = _bad_frame(kind, scene)
+    reply = client.request(target, frame, "the red cup")
+    assert reply.body.startswith("error: "), reply.text
+    assert reply.stamp == stamp_str(frame.header.stamp)
+    for word in words:
+        assert word in reply.body, reply.text
+    assert "on /image" in reply.body
+    assert reply.stamp not in target.masks
+    _good_command_still_works(client, target, segmenter, scene)
+
+
+@pytest.mark.parametrize("command, words", [
+    ("", ["empty command"]),
+    ("   ", ["empty command"]),
+    ("the red cup" * 60, ["660 characters", "limit is 500"]),
+    ("the red\x07 cup", ["control or non-printable", "U+0007"]),
+    (b"\xff\xfethe cup\x80", ["not valid UTF-8"]),
+    ("track ", ["tracking command without an instruction"]),
+])
+def test_bad_command_gets_an_error_reply_naming_it(graph, segmenter, scene, command, words):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    with client.lock:
+        n = len(target.replies)
+    if isinstance(command, bytes):  # not UTF-8: publish a serialized std_msgs/String by hand
+        from rclpy.serialization import serialize_message
+        from std_msgs.msg import String
+
+        head = serialize_message(String(data=""))[:4]  # CDR encapsulation header
+        target.command_pub.publish(head + (len(command) + 1).to_bytes(4, "little") + command + b"\x00")
+    else:
+        client.send_command(target, command)
+    reply = client.next_reply(target, n)
+    assert reply.body.startswith("error: "), reply.text
+    for word in words:
+        assert word in reply.body, reply.text
+    _good_command_still_works(client, target, segmenter, scene)
+
+
+def test_bad_compressed_frame(graph, segmenter, scene):
+    import array
+
+    from sensor_msgs.msg import CompressedImage
+
+    client, target = graph["client"], graph["targets"]["argenseg_c"]
+    frame = CompressedImage(format="jpeg", data=array.array("B", b"definitely not a jpeg"))
+    reply = client.request(target, frame, "the red cup")
+    assert reply.body.startswith("error: compressed image (format 'jpeg') is neither JPEG nor PNG"), reply.text
+    assert "on /image/compressed" in reply.body
+    _good_command_still_works(client, target, segmenter, scene)
+
+
+def test_missing_model_path_gets_error_replies_and_the_node_stays_up(graph, scene):
+    client, target, proc = graph["client"], graph["targets"]["argenseg_x"], graph["procs"]["argenseg_x"]
+    for _ in range(2):
+        reply = client.request(target, None, "the red cup")
+        assert reply.body.startswith("error: model not loaded: model_path"), reply.text
+        assert "no_such_model" in reply.body and "does not exist" in reply.body
+    assert proc.poll() is None
+    assert "model failed to load" in proc.output()
+
+
+# ----------------------------------------------------------------------------- tracking
+
+def _stream(client, target, scene, seconds: float, fps: float = 8.0) -> list[tuple[str, float]]:
+    sent = []
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        frame = ic.rgb_to_image_msg(scene.image, "rgb8")
+        frame.header.stamp = next_stamp()
+        frame.header.frame_id = "camera_optical_frame"
+        target.image_pub.publish(frame)
+        sent.append((stamp_str(frame.header.stamp), time.monotonic()))
+        time.sleep(1.0 / fps)
+    return sent
+
+
+def _wait_body(client, target, after: int, body: str) -> Reply:
+    found = client.wait(lambda: next((r for r in target.replies[after:] if r.body == body), None))
+    assert found, f"no reply {body!r}; got {[r.text for r in target.replies[after:]]}"
+    return found
+
+
+def test_tracking_publishes_a_mask_per_frame_up_to_max_rate_until_stop(graph, segmenter, scene):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    query = _pick(scene, segmenter, tabletop.REFERRING_TYPES, lambda r: r == "Sure, <mask>.")
+    _, expected = _expected(segmenter, scene.image, query.instruction)
+    first = client.request(target, ic.rgb_to_image_msg(scene.image, "rgb8"), "track " + query.instruction)
+    assert first.body == "Sure, <mask>.", first.text
+    seconds = 3.0
+    sent = _stream(client, target, scene, seconds)
+    with client.lock:
+        n = len(target.replies)
+    client.send_command(target, "stop")
+    _wait_body(client, target, n, "Tracking stopped.")
+    stamps = [s for s, _ in sent]
+    tracked = [s for s in stamps if s in target.masks]
+    assert len(tracked) >= 2, f"{len(tracked)} masks for {len(sent)} frames in {seconds} s"
+    assert len(tracked) <= seconds * TRACK_RATE_HZ + 2, f"{len(tracked)} masks in {seconds} s > {TRACK_RATE_HZ} Hz"
+    times = dict(sent)
+    gaps = np.diff([times[s] for s in tracked])
+    # Frames are tracked at most every 1/max_rate_hz s (less one frame period of publishing jitter).
+    assert gaps.min() >= 1.0 / TRACK_RATE_HZ - 1.0 / 8.0 - 0.05, gaps
+    for s in tracked:
+        mask = ic.image_msg_to_mask(target.masks[s][0][1])
+        assert iou(mask, expected) >= 0.99
+    replies_for = {r.stamp for r in target.replies}
+    assert set(tracked) <= replies_for, "every tracked mask has its reply"
+    # Stopped: new frames get nothing.
+    with client.lock:
+        n = len(target.replies)
+    after = _stream(client, target, scene, 1.0)
+    time.sleep(1.0)
+    assert not [s for s, _ in after if s in target.masks]
+    assert len(target.replies) == n
+    status = client.status("argenseg")
+    assert int({kv.key: kv.value for kv in status.values}["frames_skipped"]) > 0
+
+
+def test_tracking_parameter_tracks_every_instruction_and_empty_command_stops(graph, segmenter, scene):
+    client, target = graph["client"], graph["targets"]["argenseg"]
+    query = _pick(scene, segmenter, tabletop.REFERRING_TYPES, lambda r: r == "Sure, <mask>.")
+    assert set_parameters_or_none(client.node, "/argenseg", {"tracking": True}) == [True]
+    try:
+        client.request(target, ic.rgb_to_image_msg(scene.image, "rgb8"), query.instruction)
+        sent = _stream(client, target, scene, 1.5)
+        with client.lock:
+            n = len(target.replies)
+        client.send_command(target, "")
+        _wait_body(client, target, n, "Tracking stopped.")
+        assert len([s for s, _ in sent if s in target.masks]) >= 1
+    finally:
+        assert set_parameters_or_none(client.node, "/argenseg", {"tracking": False}) == [True]
+    with client.lock:
+        n = len(target.replies)
+    client.send_command(target, "stop")
+    assert client.next_reply(target, n).body == "Not tracking."
+
+
+# ----------------------------------------------------------------------------- parameters
+
+@pytest.mark.parametrize("values", [
+    {"mask_threshold": 1.5}, {"mask_threshold": 0.0}, {"mask_threshold": 1.0}, {"mask_threshold": "high"},
+    {"max_rate_hz": 0.0}, {"max_rate_hz": -3.0}, {"cfg_scale": -1.0}, {"tracking_prefix": ""},
+    {"tracking_prefix": "   "}, {"publish_overlay": "yes"}, {"image_topic": "camera/image"},
+    {"model_path": "/tmp"}, {"device": "cuda"}, {"dtype": "float16"}, {"reliability": "reliable"},
+    {"num_threads": 2},
+])
+def test_bad_parameter_values_are_refused_at_run_time(graph, values):
+    client = graph["client"]
+    assert set_parameters_or_none(client.node, "/argenseg", values) == [False], values
+
+
+def test_good_parameter_values_are_accepted(graph):
+    from conftest import get_parameters
+
+    client = graph["client"]
+    new = {"mask_threshold": 0.4, "max_rate_hz": 3.0, "publish_overlay": False, "cfg_scale": 1.5,
+           "tracking_prefix": "follow "}
+    old = {"mask_threshold": 0.5, "max_rate_hz": TRACK_RATE_HZ, "publish_overlay": True, "cfg_scale": 0.0,
+           "tracking_prefix": "track "}
+    assert set_parameters_or_none(client.node, "/argenseg", new) == [True] * len(new)
+    try:
+        probe = __import__("rclpy").create_node("pytest_param_probe", context=client.node.context)
+        try:
+            assert get_parameters(probe, "/argenseg", sorted(new)) == new
+        finally:
+            probe.destroy_node()
+    finally:
+        assert set_parameters_or_none(client.node, "/argenseg", old) == [True] * len(old)
+
+
+@pytest.mark.parametrize("bad", [{"device": "gpu0"}, {"tracking_prefix": ""}, {"num_threads": -1},
+                                 {"image_topic": "bad topic!"}, {"max_rate_hz": 0.0}])
+def test_invalid_parameter_stops_the_node_at_start(tmp_path, bad):
+    params = _write_params(tmp_path / "bad.yaml", "argenseg", **bad)
+    proc = RosProcess([str(package_executable("segment_node")), "--ros-args", "--params-file", params,
+                       "-r", "__node:=argenseg"], ros_env(), tmp_path / "bad.log")
+    try:
+        code = proc.proc.wait(timeout=WAIT)
+    finally:
+        proc.stop()
+    assert code != 0, proc.output()
+    assert next(iter(bad)) in proc.output(), proc.output()
