@@ -30,7 +30,6 @@ CONSOLE_SCRIPTS = {
     "demo_camera": "argenseg_ros.demo_camera:main",
     "argenseg-send": "argenseg_ros.send_command:main",
     "argenseg-demo": "argenseg_ros.demo:main",
-    "argenseg-finetune-decoder": "argenseg_ros.training:main_finetune_decoder",
     "argenseg-eval": "argenseg_ros.evaluation:main",
 }
 

@@ -206,63 +206,6 @@ def _save_vqvae(run: Path, vqvae: MultiScaleVQVAE, opt: torch.optim.Optimizer, s
     os.replace(run / "checkpoint.tmp", run / "checkpoint.pt")
 
 
-def finetune_decoder(args: argparse.Namespace) -> None:
-    """Train only post_quant_conv + decoder of a model's VQ-VAE, with its codes frozen.
-
-    The encoder, codebook and phi convs stay as they are, so every code sequence the LLM learnt
-    to emit keeps its meaning; only how f_hat is drawn as a mask improves. Writes a copy of the
-    model directory with the new decoder.
-    """
-    from .model import ARGenSegModel
-
-    run, log = _start_run(args)
-    model, tokenizer = ARGenSegModel.from_pretrained(args.model)
-    vqvae = model.vqvae
-    trainable = list(vqvae.post_quant_conv.parameters()) + list(vqvae.decoder.parameters())
-    vqvae.requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    cfg = vqvae.cfg
-    loader = DataLoader(TabletopMasks(cfg.image_size, args.seed), batch_size=args.batch,
-                        num_workers=args.workers, persistent_workers=args.workers > 0)
-    heldout = heldout_masks(cfg.image_size)
-    iou_before = _vqvae_heldout_iou(vqvae, heldout, torch.device("cpu"))
-    log.line(f"decoder fine-tune of {args.model}: held-out reconstruction IoU before {iou_before:.4f}; "
-             f"command: {' '.join(sys.argv)}")
-    step = 0
-    vqvae.train()
-    for masks, elapsed in scheduled(loader, opt, args.lr, args.minutes * 60):
-        img = masks_to_images(masks)
-        with torch.no_grad():
-            f_hat = vqvae.idx_to_fhat(vqvae.img_to_idx(img))
-        recon = vqvae.decoder(vqvae.post_quant_conv(f_hat))
-        loss = F.mse_loss(recon, img) + F.l1_loss(recon, img)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % args.log_every == 0:
-            iou = _vqvae_heldout_iou(vqvae, heldout, torch.device("cpu"))
-            log.line(f"step {step} loss {loss.item():.4f} held-out IoU {iou:.4f} ({elapsed / 60:.1f} min)")
-    model.eval()
-    iou_after = _vqvae_heldout_iou(vqvae, heldout, torch.device("cpu"))
-    extra = dict(model.config.extra)
-    extra["decoder_finetune"] = {"command": " ".join(sys.argv), "seed": args.seed, "steps": step,
-                                 "heldout_mask_iou_before": round(iou_before, 4),
-                                 "heldout_mask_iou_after": round(iou_after, 4)}
-    model.config.extra = extra
-    model.save_pretrained(run / "model", tokenizer, storage_dtype=torch.float16)
-    log.line(f"done: {step} steps, held-out reconstruction IoU {iou_before:.4f} -> {iou_after:.4f}")
-
-
-def main_finetune_decoder(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fine-tune the VQ-VAE decoder of a model (codes frozen).")
-    _common_args(parser, minutes=30, lr=5e-4, batch=32)
-    parser.add_argument("--model", required=True, help="native model directory to start from")
-    finetune_decoder(parser.parse_args(argv))
-
-
 # ---- ARGenSeg --------------------------------------------------------------------------------------
 
 @dataclass
