@@ -129,6 +129,29 @@ class CommandResult:
         return self.mask_latency_s if self.mask_latency_s is not None else self.reply_latency_s
 
 
+def is_stop(instruction: str) -> bool:
+    text = instruction.strip().lower().rstrip(".!")
+    return text in ("", "stop")
+
+
+def is_reply_to(instruction: str, reply: Received, published: float) -> bool:
+    """Whether ``reply`` (received after ``published``) answers ``instruction``, not a tracked frame.
+
+    While the node tracks, replies of tracked frames keep coming. The node's time in a reply counts
+    from the command's arrival for a command and from the frame's arrival for a tracked frame, so
+    a reply whose work began before the command was published is not its answer. "stop" is
+    answered without a mask.
+    """
+    if reply.t < published:
+        return False
+    parsed = parse_reply(reply.msg.data)
+    if is_stop(instruction) and parsed.has_mask:
+        return False
+    if parsed.node_ms is not None and reply.t - parsed.node_ms / 1e3 < published - 0.002:
+        return False
+    return True
+
+
 class CommandClient:
     """Talks to one argenseg node from an rclpy node (spun here, with its own executor)."""
 
@@ -262,9 +285,10 @@ class CommandClient:
         self.clear()
         t0 = self.publish(instruction)
         deadline = t0 + timeout
-        if not self.spin_until(lambda: self.replies, timeout):
+        first = self.spin_until(lambda: next((r for r in self.replies if is_reply_to(instruction, r, t0)),
+                                             None), timeout)
+        if first is None:
             raise ReplyTimeout(f"no reply to {instruction!r} from {self.base} within {timeout:g} s")
-        first = self.replies[0]
         parsed = parse_reply(first.msg.data)
         result = CommandResult(instruction, first.msg.data, parsed, first.t - t0, None)
         if not parsed.has_mask:

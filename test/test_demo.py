@@ -38,6 +38,24 @@ def test_parse_reply_formats():
     assert (p.text, p.stamp, p.node_ms, p.has_mask) == ("Tracking stopped.", None, 0.0, False)
 
 
+def test_reply_to_command_is_told_from_tracked_frames():
+    from std_msgs.msg import String
+
+    from argenseg_ros.send_command import Received, is_reply_to
+
+    def rx(text, t):
+        return Received(String(data=text), t)
+
+    published = 100.0
+    # A tracked frame whose segmentation began (0.3 s ago) before the command was published.
+    assert not is_reply_to("the red cup", rx("Sure, <mask>. [frame 1.000000000, 300 ms]", 100.1), published)
+    assert is_reply_to("the red cup", rx("Sure, <mask>. [frame 1.000000000, 90 ms]", 100.1), published)
+    assert not is_reply_to("the red cup", rx("Sure, <mask>. [frame 1.000000000, 1 ms]", 99.9), published)
+    assert not is_reply_to("stop", rx("Sure, <mask>. [frame 1.000000000, 5 ms]", 100.1), published)
+    assert is_reply_to("stop", rx("Tracking stopped. [frame none, 5 ms]", 100.1), published)
+    assert is_reply_to("the red cup", rx("error: no image received yet", 100.1), published)
+
+
 def test_image_to_array_honours_step_and_encoding():
     from sensor_msgs.msg import Image
 
