@@ -56,6 +56,7 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
 from . import image_conversion
+from .segmenter import InputError, Segmenter
 
 NODE_NAME = "argenseg"
 MAX_COMMAND_CHARS = 500          # as the Segmenter's instruction limit
@@ -348,24 +349,27 @@ class SegmentNode(Node):
     # ------------------------------------------------------------------ worker thread
 
     def _run_worker(self) -> None:
-        try:
-            self._load_model()
-            while not self._stop.is_set():
-                try:
-                    command = self._commands.get_nowait()
-                except queue.Empty:
-                    command = None
+        self._load_model()
+        while not self._stop.is_set():
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                command = None
+            try:
                 if command is not None:
                     self._serve_command(command)
                     continue
                 timeout = self._track_step()
-                if timeout == 0.0:
-                    continue
-                self._wake.wait(timeout)
-                self._wake.clear()
-        except Exception:  # never let the worker die silently
-            self.get_logger().fatal(f"worker thread failed:\n{traceback.format_exc()}")
-            self._state, self._load_error = "error", "worker thread failed (see log)"
+            except Exception:  # a bug or a failing publisher must not end the node
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down: publishers are gone
+                self.get_logger().error(f"request failed:\n{traceback.format_exc()}")
+                self._tracking = None
+                continue
+            if timeout == 0.0:
+                continue
+            self._wake.wait(timeout)
+            self._wake.clear()
 
     def _load_model(self) -> None:
         t0 = time.monotonic()
@@ -374,8 +378,6 @@ class SegmentNode(Node):
             if model_path and not Path(model_path).exists():
                 raise FileNotFoundError(f"model_path {model_path!r} does not exist")
             import torch
-
-            from .segmenter import Segmenter
 
             if self._p["num_threads"] > 0:
                 torch.set_num_threads(self._p["num_threads"])
@@ -460,7 +462,7 @@ class SegmentNode(Node):
         frame = self._take_newest()
         self._tracked_seq = frame.seq
         self._next_track_time = time.monotonic() + 1.0 / self._p["max_rate_hz"]
-        self._segment(frame, self._tracking, frame.received)
+        self._segment(frame, self._tracking, frame.received, tracking=True)
         return 0.0
 
     def _frame_rgb(self, frame: _Frame) -> np.ndarray | None:
@@ -474,9 +476,7 @@ class SegmentNode(Node):
                 frame.error = str(exc)
         return frame.rgb
 
-    def _segment(self, frame: _Frame, instruction: str, t0: float) -> None:
-        from .segmenter import InputError
-
+    def _segment(self, frame: _Frame, instruction: str, t0: float, tracking: bool = False) -> None:
         rgb = self._frame_rgb(frame)
         if rgb is None:
             self._publish_error(f"{frame.error} (on {self.image_topic})", frame, t0)
@@ -513,18 +513,21 @@ class SegmentNode(Node):
                 self._overlay_pub.publish(image_conversion.rgb_to_image_msg(
                     image_conversion.overlay(rgb, mask), "rgb8", header))
             self._count("masks")
-        self._publish_reply(result.reply, frame, t0)
+        self._publish_reply(result.reply, frame, t0, quiet=tracking)
 
     # ------------------------------------------------------------------ outputs
 
-    def _publish_reply(self, body: str, frame: _Frame | None, t0: float) -> None:
+    def _publish_reply(self, body: str, frame: _Frame | None, t0: float, quiet: bool = False) -> None:
         latency = time.monotonic() - t0
         text = format_reply(body, frame, latency)
         self._reply_pub.publish(String(data=text))
         self._count("requests")
         if frame is not None and not body.startswith(ERROR_PREFIX):
             self._latencies.append(latency)
-        self.get_logger().info(f"reply: {text}")
+        if quiet:  # tracking: one reply per frame
+            self.get_logger().debug(f"reply: {text}")
+        else:
+            self.get_logger().info(f"reply: {text}")
 
     def _publish_error(self, message: str, frame: _Frame | None, t0: float) -> None:
         self._count("errors")

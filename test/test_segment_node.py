@@ -467,11 +467,16 @@ def test_mask_threshold_change_takes_effect(graph, segmenter, scene):
         assert set_parameters_or_none(client.node, "/argenseg", {"mask_threshold": 0.5}) == [True]
 
 
-def _eval_giou() -> tuple[float, str]:
-    if EVAL_REPORT.is_file():
-        report = json.loads(EVAL_REPORT.read_text())
-        return float(report["referring"]["giou"]), f"{EVAL_REPORT.name} referring gIoU"
-    return FALLBACK_REFERRING_GIOU, "fallback constant (no eval_report.json)"
+def _eval_giou(types: list[str]) -> tuple[float, str]:
+    """The report's gIoU for a sample of these expression types: the mean of its per-type gIoU."""
+    if not EVAL_REPORT.is_file():
+        return FALLBACK_REFERRING_GIOU, "fallback constant (no eval_report.json)"
+    report = json.loads(EVAL_REPORT.read_text())
+    per_type = report.get("per_type", {})
+    overall = float(report["referring"]["giou"])
+    values = [float(per_type[t]["giou"]) if per_type.get(t, {}).get("giou") is not None else overall
+              for t in types]
+    return float(np.mean(values)), f"{EVAL_REPORT.name} per-type gIoU of the sample"
 
 
 def test_ground_truth_iou_matches_the_eval_report(graph, segmenter):
@@ -480,7 +485,7 @@ def test_ground_truth_iou_matches_the_eval_report(graph, segmenter):
     from argenseg_ros.training import HELDOUT_SEED_BASE
 
     client, target = graph["client"], graph["targets"]["argenseg"]
-    ious = []
+    ious, types, latencies = [], [], []
     seed = HELDOUT_SEED_BASE
     while len(ious) < 12:
         scene_, queries = split_queries(seed, 4)
@@ -489,16 +494,21 @@ def test_ground_truth_iou_matches_the_eval_report(graph, segmenter):
         for q in queries:
             if q.expression_type not in tabletop.REFERRING_TYPES:
                 continue
+            t0 = time.monotonic()
             reply = client.request(target, frame, q.instruction)
             if "<mask>" in reply.body:
                 mask = ic.image_msg_to_mask(client.mask_for(target, reply.stamp))
             else:
                 mask = np.zeros(scene_.image.shape[:2], bool)
+            latencies.append(time.monotonic() - t0)
             ious.append(iou(mask, q.mask))
+            types.append(q.expression_type)
             frame = ic.rgb_to_image_msg(scene_.image, "rgb8")  # a new stamp for the next query
-    giou, source = _eval_giou()
+    giou, source = _eval_giou(types)
     mean = float(np.mean(ious))
-    print(f"ground truth gIoU through the node: {mean:.3f} over {len(ious)} queries; {source} {giou:.3f}")
+    print(f"ground truth gIoU through the node: {mean:.3f} over {len(ious)} queries; {source} {giou:.3f}; "
+          f"640x480 frame+command -> mask median {np.median(latencies) * 1000:.0f} ms, "
+          f"max {np.max(latencies) * 1000:.0f} ms")
     assert mean >= giou - GIOU_MARGIN, f"node gIoU {mean:.3f} < {source} {giou:.3f} - {GIOU_MARGIN}"
 
 
@@ -642,8 +652,9 @@ def test_tracking_publishes_a_mask_per_frame_up_to_max_rate_until_stop(graph, se
     assert len(tracked) <= seconds * TRACK_RATE_HZ + 2, f"{len(tracked)} masks in {seconds} s > {TRACK_RATE_HZ} Hz"
     times = dict(sent)
     gaps = np.diff([times[s] for s in tracked])
-    # Frames are tracked at most every 1/max_rate_hz s (less one frame period of publishing jitter).
-    assert gaps.min() >= 1.0 / TRACK_RATE_HZ - 1.0 / 8.0 - 0.05, gaps
+    # Not every frame (8 Hz): at most every 1/max_rate_hz s on the node's clock; seen from here
+    # through publish/transport jitter, so only half of that is asserted.
+    assert gaps.min() >= 0.5 / TRACK_RATE_HZ, gaps
     for s in tracked:
         mask = ic.image_msg_to_mask(target.masks[s][0][1])
         assert iou(mask, expected) >= 0.99
