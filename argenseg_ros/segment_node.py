@@ -56,7 +56,6 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
 from . import image_conversion
-from .segmenter import InputError, Segmenter
 
 NODE_NAME = "argenseg"
 MAX_COMMAND_CHARS = 500          # as the Segmenter's instruction limit
@@ -379,6 +378,8 @@ class SegmentNode(Node):
                 raise FileNotFoundError(f"model_path {model_path!r} does not exist")
             import torch
 
+            from .segmenter import Segmenter
+
             if self._p["num_threads"] > 0:
                 torch.set_num_threads(self._p["num_threads"])
             self._segmenter = Segmenter.from_pretrained(
@@ -477,6 +478,8 @@ class SegmentNode(Node):
         return frame.rgb
 
     def _segment(self, frame: _Frame, instruction: str, t0: float, tracking: bool = False) -> None:
+        from .segmenter import InputError
+
         rgb = self._frame_rgb(frame)
         if rgb is None:
             self._publish_error(f"{frame.error} (on {self.image_topic})", frame, t0)
@@ -590,6 +593,10 @@ class SegmentNode(Node):
 
 
 def main(args=None) -> int:
+    try:  # torch and transformers first (seconds): the node shows on the graph once it can load fast
+        from . import segmenter  # noqa: F401
+    except KeyboardInterrupt:
+        return 0
     rclpy.init(args=args)
     try:
         node = SegmentNode()
