@@ -171,6 +171,9 @@ class CommandClient:
         self.masks: list[Received] = []
         self.overlays: list[Received] = []
         self._subs: dict[str, object] = {}
+        self._diag_sub = None
+        self.diagnostics: tuple[float, dict, str] | None = None  # (arrival, values, message)
+        self.resent = 0  # commands published again because the node never counted them
 
     # -- graph ------------------------------------------------------------------------------
     def spin_until(self, predicate, timeout: float, period: float = 0.02):
@@ -234,39 +237,50 @@ class CommandClient:
 
         Returns (state, message) as last seen: ("ready", ...), ("error", why) or ("loading", ...)
         when ``timeout`` ran out; ("", "") when no diagnostics of the node came within
-        ``first_within`` s (then the caller just goes on).
+        ``first_within`` s (then the caller just goes on). The subscription stays: :meth:`send`
+        uses the node's ``commands_received`` count to notice a command lost in discovery.
+        Call it after :meth:`connect`: the node's diagnostics reach this reader, created after the
+        reply/mask/overlay readers, only once the node has matched those too.
         """
         from diagnostic_msgs.msg import DiagnosticArray
 
         name = self.base.rsplit("/", 1)[-1]
-        seen: list[tuple[str, str]] = []
 
         def on_diag(msg):
             for st in msg.status:
                 if st.name.startswith(f"{name}:"):
                     values = {kv.key: kv.value for kv in st.values}
                     if "state" in values:
-                        seen.append((values["state"], st.message))
+                        self.diagnostics = (time.perf_counter(), values, st.message)
 
-        sub = self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        if self._diag_sub is None:
+            self._diag_sub = self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        t0 = time.monotonic()
+
+        def done():
+            if self.diagnostics is not None:
+                return self.diagnostics[1]["state"] in ("ready", "error")
+            return time.monotonic() - t0 > first_within
+        self.spin_until(done, timeout)
+        if self.diagnostics is None:
+            return ("", "")
+        return (self.diagnostics[1]["state"], self.diagnostics[2])
+
+    def _commands_received(self) -> int | None:
         try:
-            t0 = time.monotonic()
-
-            def done():
-                if seen:
-                    return seen[-1][0] in ("ready", "error")
-                return time.monotonic() - t0 > first_within
-            self.spin_until(done, timeout)
-        finally:
-            self.node.destroy_subscription(sub)
-        return seen[-1] if seen else ("", "")
+            return int(self.diagnostics[1]["commands_received"]) if self.diagnostics else None
+        except (KeyError, ValueError):
+            return None
 
     # -- commands ---------------------------------------------------------------------------
     def publish(self, instruction: str) -> float:
         from std_msgs.msg import String
 
+        # The time before publishing: were it read after, a preemption between the two (a loaded
+        # CPU) would make replies look older than the command.
+        t = time.perf_counter()
         self.command_pub.publish(String(data=instruction))
-        return time.perf_counter()
+        return t
 
     def clear(self) -> None:
         self.replies.clear()
@@ -283,10 +297,29 @@ class CommandClient:
         """Publish ``instruction``, wait for its reply (and mask/overlay of the same frame)."""
         self.spin_until(lambda: False, 0.0)  # take in what is already queued
         self.clear()
+        baseline = self._commands_received()
         t0 = self.publish(instruction)
         deadline = t0 + timeout
-        first = self.spin_until(lambda: next((r for r in self.replies if is_reply_to(instruction, r, t0)),
-                                             None), timeout)
+        resends = 0
+
+        def answered():
+            nonlocal t0, resends
+            reply = next((r for r in self.replies if is_reply_to(instruction, r, t0)), None)
+            if reply is not None:
+                return reply
+            # Discovery is not symmetric: our writer may match the node's reader a moment before
+            # the node's reader matches our writer, and the command is then dropped. The node's
+            # diagnostics (1 Hz) count the commands it received: if one published well after ours
+            # has not counted it, publish it again (at most twice).
+            diag = self.diagnostics
+            if (baseline is not None and diag is not None and resends < 2 and diag[0] > t0 + 1.0
+                    and (self._commands_received() or 0) <= baseline):
+                resends += 1
+                self.resent += 1
+                t0 = self.publish(instruction)
+            return None
+
+        first = self.spin_until(answered, timeout)
         if first is None:
             raise ReplyTimeout(f"no reply to {instruction!r} from {self.base} within {timeout:g} s")
         parsed = parse_reply(first.msg.data)
@@ -315,7 +348,7 @@ class CommandClient:
         return result
 
     def close(self) -> None:
-        for sub in self._subs.values():
+        for sub in [*self._subs.values(), *([self._diag_sub] if self._diag_sub else [])]:
             self.node.destroy_subscription(sub)
         self._subs.clear()
         self.node.destroy_publisher(self.command_pub)
