@@ -230,6 +230,48 @@ def test_send_matches_reply_and_mask_by_frame_stamp(test_node, tmp_path):
     assert cv2.imread(str(out), cv2.IMREAD_UNCHANGED).tolist() == [[255, 0], [0, 0]]
 
 
+def test_send_publishes_again_a_command_the_node_never_counted(test_node, tmp_path):
+    """A command lost in discovery (the node's diagnostics do not count it) is published again."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from std_msgs.msg import String
+
+    name = f"lossy_{os.getpid()}"
+    reply_pub = test_node.create_publisher(String, f"/{name}/reply", 10)
+    diag_pub = test_node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    from sensor_msgs.msg import Image
+
+    mask_pub = test_node.create_publisher(Image, f"/{name}/mask", 10)
+    got, counted = [], [0]
+
+    def on_command(msg):
+        got.append(msg.data)
+        if len(got) == 1:
+            return  # "lost": neither counted nor answered
+        counted[0] += 1
+        reply_pub.publish(String(data="Yes. [frame 1.000000000, 0 ms]"))
+
+    def diagnostics():
+        values = [KeyValue(key="state", value="ready"), KeyValue(key="commands_received", value=str(counted[0]))]
+        diag_pub.publish(DiagnosticArray(status=[DiagnosticStatus(name=f"{name}: segmentation", message="ready",
+                                                                  values=values)]))
+
+    sub = test_node.create_subscription(String, f"/{name}/command", on_command, 10)
+    timer = test_node.create_timer(0.2, diagnostics)
+    proc = RosProcess([str(package_executable("argenseg-send")), "is there a red cup?", "--node", name,
+                       "--connect-timeout", "30", "--timeout", "30"], ros_env(), tmp_path / "send.log")
+    try:
+        assert spin_until(test_node, lambda: proc.poll() is not None, 90), proc.output()
+    finally:
+        proc.stop()
+        test_node.destroy_timer(timer)
+        test_node.destroy_subscription(sub)
+        for pub in (reply_pub, diag_pub, mask_pub):
+            test_node.destroy_publisher(pub)
+    assert proc.poll() == 0, proc.output()
+    assert got == ["is there a red cup?"] * 2
+    assert "reply:   Yes." in proc.output()
+
+
 @pytest.fixture
 def camera_and_node(start_ros_executable, test_node):
     from conftest import wait_for_node
