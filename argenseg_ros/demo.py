@@ -339,8 +339,12 @@ class Demo:
                 scene = first
             else:
                 seed = first.seed + i
-                self.set_seed(seed, 10.0)
-                scene = self.wait_scene(seed, 10.0)
+                try:
+                    self.set_seed(seed, 20.0)
+                except RuntimeError as exc:
+                    print(f"[demo] ERROR: {exc}", file=sys.stderr)
+                    return 1
+                scene = self.wait_scene(seed, 20.0)
                 if not isinstance(scene, SceneRecord):
                     print(f"[demo] ERROR: the camera did not switch to seed {seed}", file=sys.stderr)
                     return 1
