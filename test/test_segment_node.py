@@ -724,15 +724,23 @@ def test_good_parameter_values_are_accepted(graph):
         assert set_parameters_or_none(client.node, "/argenseg", old) == [True] * len(old)
 
 
-@pytest.mark.parametrize("bad", [{"device": "gpu0"}, {"tracking_prefix": ""}, {"num_threads": -1},
-                                 {"image_topic": "bad topic!"}, {"max_rate_hz": 0.0}])
-def test_invalid_parameter_stops_the_node_at_start(tmp_path, bad):
-    params = _write_params(tmp_path / "bad.yaml", "argenseg", **bad)
-    proc = RosProcess([str(package_executable("segment_node")), "--ros-args", "--params-file", params,
-                       "-r", "__node:=argenseg"], ros_env(), tmp_path / "bad.log")
+START_REFUSED = [{"device": "gpu0"}, {"tracking_prefix": ""}, {"num_threads": -1}, {"image_topic": "bad topic!"},
+                 {"max_rate_hz": 0.0}]
+
+
+def test_invalid_parameter_stops_the_node_at_start(tmp_path):
+    """Each bad value (processes started together: each spends seconds importing torch)."""
+    procs = []
+    for i, bad in enumerate(START_REFUSED):
+        params = _write_params(tmp_path / f"bad{i}.yaml", "argenseg", **bad)
+        procs.append((bad, RosProcess([str(package_executable("segment_node")), "--ros-args", "--params-file",
+                                       params], ros_env(), tmp_path / f"bad{i}.log")))
     try:
-        code = proc.proc.wait(timeout=WAIT)
+        for bad, proc in procs:
+            code = proc.proc.wait(timeout=WAIT)
+            assert code != 0, proc.output()
+            assert next(iter(bad)) in proc.output(), proc.output()
+            assert "Traceback" not in proc.output(), proc.output()
     finally:
-        proc.stop()
-    assert code != 0, proc.output()
-    assert next(iter(bad)) in proc.output(), proc.output()
+        for _, proc in procs:
+            proc.stop()
