@@ -15,7 +15,7 @@ length not matching ``step * height``, undecodable compressed data.
 
 Encoding (numpy in, messages out): :func:`rgb_to_image_msg` (any of the encodings above, optional
 row padding), :func:`mask_to_image_msg` (bool mask -> ``mono8`` 0/255), :func:`rgb_to_compressed_msg`
-(JPEG/PNG). Helpers for the node's outputs: :func:`overlay`, :func:`mask_bbox`, :func:`mask_centroid`.
+(JPEG/PNG), :func:`mono_to_image_msg` (uint8 ``(H, W)`` -> ``mono8``). Helpers for the node's outputs: :func:`overlay`, :func:`mask_bbox`, :func:`mask_centroid`.
 """
 
 from __future__ import annotations
@@ -192,15 +192,22 @@ def rgb_to_image_msg(rgb: np.ndarray, encoding: str = "rgb8", header: Header | N
                  data=array.array("B", rows.tobytes()))
 
 
+def mono_to_image_msg(mono: np.ndarray, header: Header | None = None) -> Image:
+    """``(H, W)`` uint8 array -> ``sensor_msgs/Image`` mono8 (values as they are)."""
+    mono = np.asarray(mono)
+    if mono.dtype != np.uint8 or mono.ndim != 2:
+        raise ValueError(f"expected an (H, W) uint8 array, got {mono.dtype} {mono.shape}")
+    h, w = mono.shape
+    return Image(header=_header(header), height=h, width=w, encoding="mono8", is_bigendian=0, step=w,
+                 data=array.array("B", np.ascontiguousarray(mono).tobytes()))
+
+
 def mask_to_image_msg(mask: np.ndarray, header: Header | None = None) -> Image:
     """``(H, W)`` bool mask -> ``sensor_msgs/Image`` mono8 with 255 inside, 0 outside."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
-    h, w = mask.shape
-    data = np.where(mask.astype(bool), np.uint8(255), np.uint8(0))
-    return Image(header=_header(header), height=h, width=w, encoding="mono8", is_bigendian=0, step=w,
-                 data=array.array("B", data.tobytes()))
+    return mono_to_image_msg(np.where(mask.astype(bool), np.uint8(255), np.uint8(0)), header)
 
 
 def image_msg_to_mask(msg: Image) -> np.ndarray:

@@ -169,6 +169,15 @@ def test_mask_message_is_mono8_0_255_with_the_header():
     np.testing.assert_array_equal(ic.image_msg_to_mask(msg), mask)
 
 
+def test_mono_message_keeps_values():
+    mono = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    msg = ic.mono_to_image_msg(mono, Header(frame_id="f"))
+    assert (msg.encoding, msg.step, msg.header.frame_id) == ("mono8", 4, "f")
+    np.testing.assert_array_equal(ic.image_msg_to_rgb(msg)[:, :, 0], mono)
+    with pytest.raises(ValueError):
+        ic.mono_to_image_msg(mono.astype(np.float32))
+
+
 def test_overlay_bbox_centroid():
     rgb = np.full((20, 30, 3), 100, np.uint8)
     mask = np.zeros((20, 30), bool)
