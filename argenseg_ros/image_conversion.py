@@ -15,7 +15,8 @@ length not matching ``step * height``, undecodable compressed data.
 
 Encoding (numpy in, messages out): :func:`rgb_to_image_msg` (any of the encodings above, optional
 row padding), :func:`mask_to_image_msg` (bool mask -> ``mono8`` 0/255), :func:`rgb_to_compressed_msg`
-(JPEG/PNG), :func:`mono_to_image_msg` (uint8 ``(H, W)`` -> ``mono8``). Helpers for the node's outputs: :func:`overlay`, :func:`mask_bbox`, :func:`mask_centroid`.
+(JPEG/PNG), :func:`mono_to_image_msg` (uint8 ``(H, W)`` -> ``mono8``). Helpers for the node's
+outputs: :func:`overlay`, :func:`mask_bbox`, :func:`mask_centroid`.
 """
 
 from __future__ import annotations
