@@ -74,3 +74,22 @@ def test_cosine_schedule_and_position_code():
     assert torch.allclose(emb[0, :8], emb[4, :8]) and torch.allclose(emb[0, 8:], emb[1, 8:])
     assert not torch.allclose(emb[0], emb[5])
     assert np.isfinite(emb.numpy()).all()
+
+
+def test_trainer_reads_the_on_disk_dataset(tmp_path):
+    from argenseg_ros.dataset import generate_tabletop_dataset
+    from argenseg_ros.training import DiskConversations
+
+    generate_tabletop_dataset(tmp_path / "data", range(2), queries_per_scene=3, width=160, height=120)
+    model, tokenizer = build_tabletop_model(None, seed=0, vqvae=TINY_VQVAE, sizes=TINY_SIZES)
+    encoder = ConversationEncoder(model, tokenizer)
+    source = DiskConversations(str(tmp_path / "data"), encoder, model.image_size, seed=0)
+    assert len(source.records) == 6
+    stream = iter(source)
+    collate = make_collate(model.config.token_ids, model.scale_of_slot.tolist(), 8, 8, encoder.grid)
+    raw = collate([next(stream) for _ in range(4)])
+    n_masks = sum(int(sample_has_mask) for sample_has_mask in (raw.teacher.mask_index.amax(1) >= 0))
+    assert raw.masks.shape[0] == n_masks
+    batch, scene_index = prepare_batch(model, raw, torch.device("cpu"))
+    out = Losses(model, grounding_weight=1.0)(model, batch, model.image_features(batch.pixel_values)[scene_index])
+    assert torch.isfinite(out["total"]) and out["text"] > 0
