@@ -34,16 +34,11 @@ import array
 import json
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
     SetParametersResult,
 )
 from rclpy.executors import ExternalShutdownException
@@ -59,6 +54,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from . import tabletop
+from .ros_parameters import ParameterSpec, declare_checked, refuse_bad_changes
 
 NODE_NAME = "demo_camera"
 #: = argenseg_ros.training.HELDOUT_SEED_BASE (not imported: that module pulls in torch).
@@ -74,53 +70,23 @@ LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
 NUM_ABSENT, NUM_QUESTIONS = 3, 4
 
 
-@dataclass(frozen=True)
-class _Param:
-    name: str
-    default: object
-    description: str
-    int_range: tuple[int, int] | None = None
-    float_range: tuple[float, float] | None = None
-    choices: tuple[str, ...] = ()
-    read_only: bool = True
-
-    def descriptor(self) -> ParameterDescriptor:
-        kind = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
-                int: ParameterType.PARAMETER_INTEGER}[type(self.default)]
-        d = ParameterDescriptor(name=self.name, type=kind, description=self.description,
-                                read_only=self.read_only)
-        if self.int_range:
-            d.integer_range = [IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1], step=1)]
-        if self.float_range:
-            d.floating_point_range = [FloatingPointRange(from_value=self.float_range[0],
-                                                         to_value=self.float_range[1], step=0.0)]
-        if self.choices:
-            d.additional_constraints = "one of: " + ", ".join(self.choices)
-        return d
-
-    def check(self, value) -> str | None:
-        """Why ``value`` is not acceptable, or None (rclpy checks ranges only on set, not at start)."""
-        if self.choices and value not in self.choices:
-            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
-        lo_hi = self.int_range or self.float_range
-        if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
-            return f"{self.name} must be in [{lo_hi[0]}, {lo_hi[1]}], got {value!r}"
-        if self.name == "frame_id" and not str(value).strip():
-            return "frame_id must not be empty"
-        return None
+def _check_frame_id(name: str, value: str) -> str | None:
+    return f"{name} must not be empty" if not value.strip() else None
 
 
-PARAMETERS: tuple[_Param, ...] = (
-    _Param("rate_hz", 30.0, "frames per second", float_range=(0.1, 240.0)),
-    _Param("width", 640, "frame width in pixels", int_range=(64, 4096)),
-    _Param("height", 480, "frame height in pixels", int_range=(64, 4096)),
-    _Param("seed", HELDOUT_SEED_BASE,
-           "seed of the (first) scene; >= 2e9 = held-out scenes; setting it switches scene",
-           int_range=(0, MAX_SEED), read_only=False),
-    _Param("scene_period_s", 5.0, "seconds per scene (then seed + 1); 0 = one fixed scene",
-           float_range=(0.0, 86400.0)),
-    _Param("frame_id", "camera_color_optical_frame", "header.frame_id of the frames"),
-    _Param("encoding", "rgb8", "image encoding", choices=ENCODINGS),
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    # Only the seed changes at run time (it switches the scene); the rest need a restart.
+    ParameterSpec("rate_hz", 30.0, "frames per second", float_range=(0.1, 240.0), read_only=True),
+    ParameterSpec("width", 640, "frame width in pixels", int_range=(64, 4096), read_only=True),
+    ParameterSpec("height", 480, "frame height in pixels", int_range=(64, 4096), read_only=True),
+    ParameterSpec("seed", HELDOUT_SEED_BASE,
+                  "seed of the (first) scene; >= 2e9 = held-out scenes; setting it switches scene",
+                  int_range=(0, MAX_SEED)),
+    ParameterSpec("scene_period_s", 5.0, "seconds per scene (then seed + 1); 0 = one fixed scene",
+                  float_range=(0.0, 86400.0), read_only=True),
+    ParameterSpec("frame_id", "camera_color_optical_frame", "header.frame_id of the frames",
+                  read_only=True, validator=_check_frame_id),
+    ParameterSpec("encoding", "rgb8", "image encoding", choices=ENCODINGS, read_only=True),
 )
 
 
@@ -181,11 +147,7 @@ class DemoCamera(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self._params = {p.name: p for p in PARAMETERS}
-        for p in PARAMETERS:
-            self.declare_parameter(p.name, p.default, p.descriptor())
-        problems = [msg for p in PARAMETERS if (msg := p.check(self.get_parameter(p.name).value))]
-        if problems:
-            raise ValueError("; ".join(problems))
+        declare_checked(self, PARAMETERS)
         value = self.get_parameter
         self.rate_hz = float(value("rate_hz").value)
         self.width, self.height = int(value("width").value), int(value("height").value)
@@ -209,11 +171,9 @@ class DemoCamera(Node):
             f"{self._seed}, scene_period_s {self.scene_period_s:g}, frame_id {self.frame_id}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for p in params:
-            spec = self._params.get(p.name)
-            reason = spec.check(p.value) if spec is not None else None
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
+        result = refuse_bad_changes(self._params, params)
+        if not result.successful:
+            return result
         for p in params:
             if p.name == "seed":
                 self._next_seed = int(p.value)

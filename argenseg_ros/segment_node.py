@@ -26,8 +26,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +34,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -56,6 +51,7 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
 from . import image_conversion
+from .ros_parameters import ParameterSpec, declare_checked, refuse_bad_changes
 
 NODE_NAME = "argenseg"
 MAX_COMMAND_CHARS = 500          # as the Segmenter's instruction limit
@@ -104,53 +100,6 @@ def _check_prefix(name: str, value: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    name: str
-    default: object
-    description: str
-    choices: tuple[str, ...] = ()
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-    read_only: bool = False
-    validator: Callable[[str, object], str | None] | None = None
-    extra: dict = field(default_factory=dict)
-
-    def descriptor(self) -> ParameterDescriptor:
-        kind = {
-            str: ParameterType.PARAMETER_STRING,
-            bool: ParameterType.PARAMETER_BOOL,
-            float: ParameterType.PARAMETER_DOUBLE,
-            int: ParameterType.PARAMETER_INTEGER,
-        }[type(self.default)]
-        desc = ParameterDescriptor(
-            name=self.name, type=kind, description=self.description, read_only=self.read_only
-        )
-        if self.choices:
-            desc.additional_constraints = "one of: " + ", ".join(self.choices)
-        if self.float_range is not None:
-            low, high = self.float_range
-            desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
-        if self.int_range is not None:
-            low, high = self.int_range
-            desc.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
-        return desc
-
-    def check(self, value) -> str | None:
-        """Return why ``value`` is not acceptable, or None."""
-        if type(value) is not type(self.default):
-            return f"{self.name} must be a {type(self.default).__name__}, got {value!r}"
-        if self.choices and value not in self.choices:
-            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
-        for rng in (self.float_range, self.int_range):
-            if rng is not None and not rng[0] <= value <= rng[1]:
-                return f"{self.name} must be in [{rng[0]}, {rng[1]}], got {value}"
-        if self.validator is not None:
-            return self.validator(self.name, value)
-        return None
-
-
-# The node's parameters; config/argenseg.yaml sets the same names under argenseg.ros__parameters.
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("model_path", "", 'model directory (native format); "" = the shipped model',
                   read_only=True),
@@ -231,16 +180,7 @@ def command_problem(text: str) -> str | None:
 class SegmentNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, spec.descriptor())
-        problems = [
-            msg
-            for spec in PARAMETERS
-            if (msg := spec.check(self.get_parameter(spec.name).value)) is not None
-        ]
-        if problems:
-            raise ValueError("; ".join(problems))
-        self._p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+        self._p = declare_checked(self, PARAMETERS)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
 
@@ -309,13 +249,10 @@ class SegmentNode(Node):
     # ------------------------------------------------------------------ parameters
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            spec = SPECS.get(param.name)
-            reason = spec.check(param.value) if spec is not None else None
-            if reason is not None:
-                self.get_logger().warning(f"refused parameter change: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
+        result = refuse_bad_changes(SPECS, params)
+        if not result.successful:
+            self.get_logger().warning(f"refused parameter change: {result.reason}")
+        return result
 
     def _on_parameters_set(self, params) -> None:
         for param in params:

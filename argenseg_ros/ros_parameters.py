@@ -1,0 +1,87 @@
+"""Declared, described and validated ROS parameters, shared by the package's nodes.
+
+A node lists `ParameterSpec`s; `declare_checked` declares them with descriptors and refuses bad
+start-up values (rclpy checks descriptor ranges only on set, not at start), and
+`refuse_bad_changes` is the on-set-parameters check for run-time changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.node import Node
+
+_TYPES = {
+    str: ParameterType.PARAMETER_STRING,
+    bool: ParameterType.PARAMETER_BOOL,
+    float: ParameterType.PARAMETER_DOUBLE,
+    int: ParameterType.PARAMETER_INTEGER,
+}
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: object
+    description: str
+    choices: tuple[str, ...] = ()
+    float_range: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = None
+    read_only: bool = False
+    validator: Callable[[str, object], str | None] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        desc = ParameterDescriptor(name=self.name, type=_TYPES[type(self.default)],
+                                   description=self.description, read_only=self.read_only)
+        if self.choices:
+            desc.additional_constraints = "one of: " + ", ".join(self.choices)
+        if self.float_range is not None:
+            low, high = self.float_range
+            desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+        if self.int_range is not None:
+            low, high = self.int_range
+            desc.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+        return desc
+
+    def check(self, value: object) -> str | None:
+        """Why ``value`` is not acceptable, or None."""
+        if type(value) is not type(self.default):
+            return f"{self.name} must be a {type(self.default).__name__}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        for rng in (self.float_range, self.int_range):
+            if rng is not None and not rng[0] <= value <= rng[1]:
+                return f"{self.name} must be in [{rng[0]}, {rng[1]}], got {value}"
+        if self.validator is not None:
+            return self.validator(self.name, value)
+        return None
+
+
+def declare_checked(node: Node, specs: Iterable[ParameterSpec]) -> dict[str, object]:
+    """Declare every spec; raise ValueError naming each bad start-up value; return the values."""
+    specs = list(specs)
+    for spec in specs:
+        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+    values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
+    problems = [msg for spec in specs if (msg := spec.check(values[spec.name])) is not None]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return values
+
+
+def refuse_bad_changes(specs: dict[str, ParameterSpec], params: Iterable) -> SetParametersResult:
+    """On-set-parameters check: the first bad value refuses the whole change, with its reason."""
+    for param in params:
+        spec = specs.get(param.name)
+        reason = spec.check(param.value) if spec is not None else None
+        if reason is not None:
+            return SetParametersResult(successful=False, reason=reason)
+    return SetParametersResult(successful=True)
