@@ -225,6 +225,12 @@ def main(args=None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from the signal handler; a timer callback that was already
+        # publishing then fails with "publisher's context is invalid". That is the shutdown, not a
+        # fault; anything raised while the context is still up is.
+        if node.context.ok():
+            raise
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
