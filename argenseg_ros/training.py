@@ -444,8 +444,13 @@ def train_model(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    vq_ckpt = torch.load(args.vqvae, map_location="cpu", weights_only=False)
-    model, tokenizer = build_tabletop_model(vq_ckpt["vqvae"], args.seed)
+    if args.init:   # continue from a trained model (its VQ-VAE, so its codes, stay as they are)
+        model, tokenizer = ARGenSegModel.from_pretrained(args.init)
+    elif args.vqvae:
+        vq_ckpt = torch.load(args.vqvae, map_location="cpu", weights_only=False)
+        model, tokenizer = build_tabletop_model(vq_ckpt["vqvae"], args.seed)
+    else:
+        raise SystemExit("argenseg-train: give --vqvae (a new model) or --init (continue a model)")
     model.to(device)
     losses = Losses(model, args.grounding_weight).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(losses.parameters())
@@ -555,7 +560,9 @@ def main_vqvae(argv: list[str] | None = None) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the tabletop ARGenSeg (resumes from <out>/checkpoint.pt).")
     _common_args(parser, minutes=150, lr=1e-3, batch=256)
-    parser.add_argument("--vqvae", required=True, help="checkpoint.pt of a VQ-VAE run")
+    parser.add_argument("--vqvae", help="checkpoint.pt of a VQ-VAE run (a new model on that VQ-VAE)")
+    parser.add_argument("--init", help="native model directory to continue training (e.g. the shipped "
+                        "model); a fresh optimizer and schedule; <out>/checkpoint.pt still wins when present")
     parser.add_argument("--data", default=None, help="dataset directory (dataset.py format); default: "
                         "tabletop scenes generated on the fly")
     parser.add_argument("--grounding-weight", type=float, default=1.0)

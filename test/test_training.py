@@ -93,3 +93,20 @@ def test_trainer_reads_the_on_disk_dataset(tmp_path):
     batch, scene_index = prepare_batch(model, raw, torch.device("cpu"))
     out = Losses(model, grounding_weight=1.0)(model, batch, model.image_features(batch.pixel_values)[scene_index])
     assert torch.isfinite(out["total"]) and out["text"] > 0
+
+
+def test_training_continues_from_a_model_directory_keeping_its_vqvae(tmp_path):
+    from argenseg_ros.model import ARGenSegModel
+    from argenseg_ros.training import main
+
+    model, tokenizer = build_tabletop_model(None, seed=0, vqvae=TINY_VQVAE, sizes=TINY_SIZES)
+    model.save_pretrained(tmp_path / "start", tokenizer)
+    main(["--out", str(tmp_path / "run"), "--init", str(tmp_path / "start"), "--minutes", "0.1",
+          "--workers", "0", "--batch", "8", "--device", "cpu", "--log-every", "1"])
+    trained, _ = ARGenSegModel.from_pretrained(tmp_path / "run" / "model")
+    start = model.state_dict()
+    after = trained.state_dict()
+    assert all(torch.equal(after[k], start[k].half().float()) for k in start if k.startswith("vqvae."))
+    assert not torch.equal(after["pos_1LC"], start["pos_1LC"].half().float())
+    assert trained.config.extra["training"]["steps"] >= 1
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "train.log").is_file()
