@@ -3,6 +3,7 @@
 # one call on one lent GPU. Writes its results to $OUT (weights split in <16 MB parts, logs, metrics).
 #   OUT=/some/dir bash tools/train_tabletop_gpu.sh
 # Budgets are wall-clock minutes; both trainers resume from their checkpoints if run again.
+# INIT=argenseg_ros/models/tabletop continues the shipped model instead (no VQ-VAE phase: its codes stay).
 set -euo pipefail
 OUT=${OUT:-$PWD/out/gpu}
 RUN=${RUN:-/tmp/argenseg_run}
@@ -30,10 +31,15 @@ trap package EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
-python3 -c "from argenseg_ros.training import main_vqvae; main_vqvae()" \
-  --out "$RUN/vqvae" --device "${DEVICE:-cuda}" --minutes "$VQ_MIN" --batch 256 --lr 2e-3 --workers "$WORKERS" \
-  --seed 0 --log-every "$LOG_EVERY" --checkpoint-minutes 1
+if [ -n "${INIT:-}" ]; then
+  MODEL_SOURCE=(--init "$INIT")
+else
+  python3 -c "from argenseg_ros.training import main_vqvae; main_vqvae()" \
+    --out "$RUN/vqvae" --device "${DEVICE:-cuda}" --minutes "$VQ_MIN" --batch 256 --lr 2e-3 --workers "$WORKERS" \
+    --seed 0 --log-every "$LOG_EVERY" --checkpoint-minutes 1
+  MODEL_SOURCE=(--vqvae "$RUN/vqvae/checkpoint.pt")
+fi
 
 python3 -c "from argenseg_ros.training import main; main()" \
-  --out "$RUN/model" --vqvae "$RUN/vqvae/checkpoint.pt" --device "${DEVICE:-cuda}" --minutes "$MODEL_MIN" \
-  --batch 256 --lr 1e-3 --workers "$WORKERS" --seed 0 --log-every "$LOG_EVERY" --checkpoint-minutes 1
+  --out "$RUN/model" "${MODEL_SOURCE[@]}" --device "${DEVICE:-cuda}" --minutes "$MODEL_MIN" \
+  --batch 256 --lr "${LR:-1.5e-3}" --workers "$WORKERS" --seed 0 --log-every "$LOG_EVERY" --checkpoint-minutes 1
