@@ -547,6 +547,12 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down from the signal handler; an executor thread that was
+        # building its wait set then fails with "the given context is not valid". That is the
+        # shutdown, not a fault; anything raised while the context is still up is.
+        if node.context.ok():
+            raise
     finally:
         stopped = node.stop_worker()
         executor.shutdown(timeout_sec=5.0)
