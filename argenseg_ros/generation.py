@@ -104,7 +104,7 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = [[] for _ in range(B)] if record_logits else None
     f_hat = model.vqvae.empty_fhat(B, device=device, dtype=dtype)
     text_hidden = last_hidden                                            # (R, C) per row, for TEXT rows
-    visual_hidden: torch.Tensor | None = None                           # (R, n, C) of the last chunk
+    chunk_hidden = out.last_hidden_state                                 # (R, n, C) of the last forward
 
     while True:
         # ---- read the logits of the last forward, decide each row's next chunk -------------------
@@ -127,11 +127,10 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
                 else:
                     row.chunk_ids, row.chunk_slots, row.chunk_inputs = [token], [-1], None
             elif row.phase is Phase.MASK:
-                assert visual_hidden is not None
                 n = len(row.chunk_slots)
-                logits = model.visual_logits(visual_hidden[b, :n]).float()          # (n, V)
+                logits = model.visual_logits(chunk_hidden[b, :n]).float()          # (n, V)
                 if use_cfg:
-                    uncond = model.visual_logits(visual_hidden[B + b, :n]).float()
+                    uncond = model.visual_logits(chunk_hidden[B + b, :n]).float()
                     logits = cfg_logits(logits, uncond, cfg_scale, row.scale, K)
                 if step_logits is not None:
                     step_logits[b].append(("visual", logits.cpu()))
@@ -156,14 +155,12 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
         t_step = time.perf_counter()
         in_mask = any(row.phase is Phase.MASK for row in rows)
         chunk_embeds, chunk_valid = _embed_chunks(model, rows, use_cfg, device)
-        n = chunk_embeds.shape[1]
         position_ids = next_pos[:, None] + chunk_valid.long().cumsum(1) - 1
         key_valid = torch.cat([key_valid, chunk_valid], dim=1)
         next_pos = next_pos + chunk_valid.long().sum(1)
-        hidden = model.decode(chunk_embeds, key_valid, position_ids.clamp(min=0), cache=cache).last_hidden_state
+        chunk_hidden = model.decode(chunk_embeds, key_valid, position_ids.clamp(min=0), cache=cache).last_hidden_state
         last = (chunk_valid.long().sum(1) - 1).clamp(min=0)
-        text_hidden = hidden[torch.arange(R, device=device), last]
-        visual_hidden = hidden if n > 0 else None
+        text_hidden = chunk_hidden[torch.arange(R, device=device), last]
         timings["mask_decode" if in_mask else "text_decode"] += time.perf_counter() - t_step
 
     return GenerationOutput(token_ids=token_ids, mask_probs=mask_probs, mask_codes=mask_codes,
