@@ -38,9 +38,7 @@ import time
 import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
-from rcl_interfaces.msg import (
-    SetParametersResult,
-)
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
