@@ -39,7 +39,6 @@ import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -52,7 +51,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from . import tabletop
-from .ros_parameters import ParameterSpec, declare_checked, refuse_bad_changes
+from .node_support import ParameterSpec, declare_checked, refuse_bad_changes, spin_until_shutdown
 
 NODE_NAME = "demo_camera"
 #: = argenseg_ros.training.HELDOUT_SEED_BASE (not imported: that module pulls in torch).
@@ -220,15 +219,7 @@ def main(args=None) -> int:
         rclpy.try_shutdown()
         return 1
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT shuts the context down from the signal handler; a timer callback that was already
-        # publishing then fails with "publisher's context is invalid". That is the shutdown, not a
-        # fault; anything raised while the context is still up is.
-        if node.context.ok():
-            raise
+        spin_until_shutdown(node)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

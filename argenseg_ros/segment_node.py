@@ -35,7 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -49,7 +49,7 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
 from . import image_conversion
-from .ros_parameters import ParameterSpec, declare_checked, refuse_bad_changes
+from .node_support import ParameterSpec, declare_checked, refuse_bad_changes, spin_until_shutdown
 
 NODE_NAME = "argenseg"
 MAX_COMMAND_CHARS = 500          # as the Segmenter's instruction limit
@@ -542,15 +542,7 @@ def main(args=None) -> int:
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT shuts the context down from the signal handler; an executor thread that was
-        # building its wait set then fails with "the given context is not valid". That is the
-        # shutdown, not a fault; anything raised while the context is still up is.
-        if node.context.ok():
-            raise
+        spin_until_shutdown(node, executor)
     finally:
         stopped = node.stop_worker()
         executor.shutdown(timeout_sec=5.0)

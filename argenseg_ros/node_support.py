@@ -1,8 +1,9 @@
-"""Declared, described and validated ROS parameters, shared by the package's nodes.
+"""What the package's nodes share: validated parameters and a shutdown-safe spin.
 
 A node lists `ParameterSpec`s; `declare_checked` declares them with descriptors and refuses bad
 start-up values (rclpy checks descriptor ranges only on set, not at start), and
-`refuse_bad_changes` is the on-set-parameters check for run-time changes.
+`refuse_bad_changes` is the on-set-parameters check for run-time changes. `spin_until_shutdown`
+spins until SIGINT/SIGTERM and tells a shutdown race from a fault.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import rclpy
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -17,6 +19,7 @@ from rcl_interfaces.msg import (
     ParameterType,
     SetParametersResult,
 )
+from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 
 _TYPES = {
@@ -85,3 +88,22 @@ def refuse_bad_changes(specs: dict[str, ParameterSpec], params: Iterable) -> Set
         if reason is not None:
             return SetParametersResult(successful=False, reason=reason)
     return SetParametersResult(successful=True)
+
+
+def spin_until_shutdown(node: Node, executor: Executor | None = None) -> None:
+    """Spin until SIGINT/SIGTERM (or shutdown) ends the context.
+
+    SIGINT shuts the context down from the signal handler: a callback that was publishing, or an
+    executor thread building its wait set, then fails with "context is not valid". That is the
+    shutdown, not a fault; anything raised while the context is still up is re-raised.
+    """
+    try:
+        if executor is None:
+            rclpy.spin(node)
+        else:
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if node.context.ok():
+            raise
