@@ -21,7 +21,6 @@ Writes JSON (``--out``) and prints a table. The node's executables are the insta
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -35,28 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+from argenseg_ros.local_ros import claim_domain_id
+
 REPO = Path(__file__).resolve().parents[1]
-DOMAIN_LOCK_DIR = Path("/tmp/argenseg_ros_domains")  # shared with scripts/ros_env.sh and the tests
-_domain_lock = None
 
 
 def configure_ros_env() -> Path:
     """The project's ROS rules for this process and its children (before rclpy is imported)."""
-    global _domain_lock
     if not os.environ.get("ROS_DOMAIN_ID", "").strip():
-        DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        for domain_id in range(70, 100):
-            lock = open(DOMAIN_LOCK_DIR / f"{domain_id}.lock", "a")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                lock.close()
-                continue
-            _domain_lock = lock
-            os.environ["ROS_DOMAIN_ID"] = str(domain_id)
-            break
-        else:
-            sys.exit("no free ROS_DOMAIN_ID in 70..99; set ROS_DOMAIN_ID")
+        try:
+            os.environ["ROS_DOMAIN_ID"] = str(claim_domain_id())
+        except RuntimeError as exc:
+            sys.exit(str(exc))
     tmp = Path(tempfile.mkdtemp(prefix="argenseg_bench_"))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_HOME", str(tmp / "ros_home"))

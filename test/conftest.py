@@ -3,7 +3,7 @@
 Every ROS process of a test session (pytest itself and what it starts) runs with:
 - ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (always forced),
 - one ROS_DOMAIN_ID for the session: the caller's if set (scripts/test.sh sets one), otherwise the
-  first id in [DOMAIN_ID_BASE, DOMAIN_ID_BASE + DOMAIN_ID_SPAN) not held by another session on this
+  first id of argenseg_ros.local_ros.DOMAIN_IDS (70..99) not held by another process on this
   machine (flock, as scripts/ros_env.sh does),
 - a ROS_HOME (and so ROS log dir) in a temp dir of the session,
 - FASTRTPS_DEFAULT_PROFILES_FILE = config/fastdds_profile.xml of this repository (if not set),
@@ -18,7 +18,6 @@ same code. test_foundation_install.py checks a fresh non-editable install on its
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
@@ -30,35 +29,20 @@ from pathlib import Path
 
 import pytest
 
+from argenseg_ros.local_ros import claim_domain_id
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "argenseg_ros"
 CONFIG_DIR = REPO_ROOT / "config"
 PARAMS_FILE = CONFIG_DIR / "argenseg.yaml"
 DDS_PROFILE = CONFIG_DIR / "fastdds_profile.xml"
-DOMAIN_ID_BASE = 70
-DOMAIN_ID_SPAN = 30  # 70..99: below 102, so DDS ports stay out of Linux's ephemeral range
-
-
-DOMAIN_LOCK_DIR = Path("/tmp/argenseg_ros_domains")  # shared with scripts/ros_env.sh
-_domain_lock = None  # open lock file of the session's domain id; held until the process exits
 
 
 def _session_domain_id() -> int:
     """The caller's ROS_DOMAIN_ID, else the first id in the range that no other session holds."""
-    global _domain_lock
     if os.environ.get("ROS_DOMAIN_ID", "").strip():
         return int(os.environ["ROS_DOMAIN_ID"])
-    DOMAIN_LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    for domain_id in range(DOMAIN_ID_BASE, DOMAIN_ID_BASE + DOMAIN_ID_SPAN):
-        lock = open(DOMAIN_LOCK_DIR / f"{domain_id}.lock", "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            continue
-        _domain_lock = lock
-        return domain_id
-    raise RuntimeError(f"no free ROS_DOMAIN_ID in {DOMAIN_ID_BASE}..{DOMAIN_ID_BASE + DOMAIN_ID_SPAN - 1}")
+    return claim_domain_id()
 
 
 def _configure_ros_environment() -> Path:
