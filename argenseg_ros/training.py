@@ -214,7 +214,6 @@ class Sample:
     row: tuple[list[int], list[int], list[int], list[int]]
     masks: list[np.ndarray]          # (S, S) float32 coverage per mask, in answer order
     grounding: np.ndarray | None     # (g, g) referent coverage on the image-token grid, or None
-    kind: str
 
 
 class ConversationEncoder:
@@ -251,14 +250,14 @@ class ConversationEncoder:
                 items += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
         return items + [self.token_ids["eos"]]
 
-    def encode(self, instruction: str, reply: str, masks: list[np.ndarray], kind: str,
+    def encode(self, instruction: str, reply: str, masks: list[np.ndarray],
                grounding_mask: np.ndarray | None) -> Sample:
         """Masks may come at any size (resized here) or already at the VQ-VAE's size."""
         row = layout_row(self.token_ids, self.num_slots, self.prompt_ids(instruction), self.answer_items(reply))
         masks = [m if m.shape == (self.mask_size, self.mask_size) and m.dtype == np.float32
                  else resize_mask(m, self.mask_size) for m in masks]
         grounding = None if grounding_mask is None else resize_mask(grounding_mask, self.grid)
-        return Sample(row=row, masks=masks, grounding=grounding, kind=kind)
+        return Sample(row=row, masks=masks, grounding=grounding)
 
 
 class TabletopConversations(IterableDataset):
@@ -288,7 +287,7 @@ class DiskConversations(IterableDataset):
             record = self.records[int(rng.integers(len(self.records)))]
             image, masks = load_image(record), load_masks(record)
             grounding = masks[0] if masks else None
-            sample = self.encoder.encode(record.instruction, record.answer, masks, record.type or "disk", grounding)
+            sample = self.encoder.encode(record.instruction, record.answer, masks, grounding)
             yield image_to_pixel_values(image, self.image_size)[0].half(), [sample]
 
 
@@ -303,7 +302,7 @@ def scene_samples(scene: tabletop.Scene, queries: list[tabletop.Query], encoder:
         # the grounding target comes from the small mask (absent referents: all zero)
         grounding = small[q.target] if q.target is not None else (
             np.zeros((encoder.grid, encoder.grid), np.float32) if q.mask is not None else None)
-        samples.append(encoder.encode(q.instruction, q.reply, masks, q.expression_type, grounding))
+        samples.append(encoder.encode(q.instruction, q.reply, masks, grounding))
     return image_to_pixel_values(scene.image, image_size)[0].half(), samples
 
 
@@ -424,7 +423,7 @@ class Losses(nn.Module):
         return losses
 
 
-def prepare_batch(model: ARGenSegModel, batch: TrainBatch, device: torch.device) -> tuple[TrainBatch, torch.Tensor]:
+def prepare_batch(model: ARGenSegModel, batch: TrainBatch, device: torch.device) -> TrainBatch:
     """Move to device, encode masks with the frozen VQ-VAE, fill visual targets; image features."""
     teacher = batch.teacher.to(device)
     if batch.masks.shape[0]:
@@ -436,7 +435,7 @@ def prepare_batch(model: ARGenSegModel, batch: TrainBatch, device: torch.device)
     batch = TrainBatch(pixel_values=batch.pixel_values.to(device).float(),
                        scene_index=batch.scene_index.to(device), teacher=teacher, masks=batch.masks,
                        grounding=batch.grounding.to(device), grounding_weight=batch.grounding_weight.to(device))
-    return batch, batch.scene_index
+    return batch
 
 
 def train_model(args: argparse.Namespace) -> None:
@@ -482,16 +481,16 @@ def train_model(args: argparse.Namespace) -> None:
     t_start, last_ckpt, last_log, last_samples = time.time(), time.time(), time.time(), samples_seen
     model.train()
     for batch, elapsed in scheduled(loader, opt, args.lr, args.minutes * 60, elapsed_before):
-        batch, scene_index = prepare_batch(model, batch, device)
+        batch = prepare_batch(model, batch, device)
         with autocast:
-            feats = model.image_features(batch.pixel_values)[scene_index]
+            feats = model.image_features(batch.pixel_values)[batch.scene_index]
             out = losses(model, batch, feats)
         opt.zero_grad(set_to_none=True)
         out["total"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        samples_seen += len(scene_index)
+        samples_seen += len(batch.scene_index)
         if step % args.log_every == 0:
             rate = (samples_seen - last_samples) / (time.time() - last_log)
             last_log, last_samples = time.time(), samples_seen
@@ -517,11 +516,11 @@ def _shuffle_gap(model: ARGenSegModel, losses: Losses, heldout: TrainBatch, devi
                  autocast) -> dict[str, float]:
     """Held-out visual loss with the right images and with images rolled across scenes."""
     model.eval()
-    batch, scene_index = prepare_batch(model, heldout, device)
+    batch = prepare_batch(model, heldout, device)
     with autocast:
         feats = model.image_features(batch.pixel_values)
-        real = losses(model, batch, feats[scene_index])["visual"].item()
-        rolled = (scene_index + 1) % feats.shape[0]
+        real = losses(model, batch, feats[batch.scene_index])["visual"].item()
+        rolled = (batch.scene_index + 1) % feats.shape[0]
         shuffled = losses(model, batch, feats[rolled])["visual"].item()
     model.train()
     return {"real": real, "shuffled": shuffled, "gap": shuffled - real}

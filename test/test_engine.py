@@ -7,7 +7,7 @@ import torch
 from argenseg_ros.generation import cfg_logits, generate
 from argenseg_ros.model import ARGenSegModel, ModelLoadError, random_model
 from argenseg_ros.segmenter import InputError, Segmenter
-from argenseg_ros.sequence import MaskTokens, build_teacher_batch, teacher_forward
+from argenseg_ros.sequence import build_teacher_batch, mask_tokens_from_ids, teacher_forward
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +37,7 @@ def _answer_items(model, token_ids, codes_per_mask):
     items, masks, i = [], iter(codes_per_mask), 0
     while i < len(token_ids):
         if token_ids[i] == ids["ge_start"]:
-            codes = next(masks)
-            mask_ids = [c[None] for c in codes]
-            inputs = model.vqvae.idx_to_teacher_inputs(mask_ids)[0]
-            items.append(MaskTokens(codes=torch.cat(codes), slot_inputs=inputs))
+            items.append(mask_tokens_from_ids(model, [c[None] for c in next(masks)])[0])
             i += 1 + model.num_slots + 1   # <ge_start>, L visual ids, <ge_end>
         else:
             items.append(token_ids[i])
@@ -93,7 +90,8 @@ def test_teacher_targets_follow_the_layout(tiny):
     L = model.num_slots
     codes = torch.arange(L) % model.codebook_size
     per_scale = list(torch.split(codes, [p * p for p in model.patch_nums]))
-    mask = MaskTokens(codes=codes, slot_inputs=model.vqvae.idx_to_teacher_inputs([c[None] for c in per_scale])[0])
+    mask = mask_tokens_from_ids(model, [c[None] for c in per_scale])[0]
+    assert torch.equal(mask.codes, codes)
     prompt = [5, 6, 7]
     batch = build_teacher_batch(model, [prompt], [[11, mask, 12, ids["eos"]]])
     t = batch.targets[0].tolist()

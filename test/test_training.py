@@ -39,8 +39,8 @@ def test_overfit_scene_is_reproduced_by_generation():
     model.train()
     first = None
     for _ in range(150):
-        batch, scene_index = prepare_batch(model, raw, torch.device("cpu"))
-        out = losses(model, batch, model.image_features(batch.pixel_values)[scene_index])
+        batch = prepare_batch(model, raw, torch.device("cpu"))
+        out = losses(model, batch, model.image_features(batch.pixel_values)[batch.scene_index])
         opt.zero_grad()
         out["total"].backward()
         opt.step()
@@ -49,7 +49,7 @@ def test_overfit_scene_is_reproduced_by_generation():
     model.eval()
 
     segmenter = Segmenter(model, tokenizer, max_new_tokens=24)
-    batch, _ = prepare_batch(model, raw, torch.device("cpu"))
+    batch = prepare_batch(model, raw, torch.device("cpu"))
     visual = batch.teacher.targets - model.config.token_ids["visual_offset"]
     for i, query in enumerate(queries):
         result = segmenter.segment(scene.image, query.instruction)
@@ -90,8 +90,8 @@ def test_trainer_reads_the_on_disk_dataset(tmp_path):
     raw = collate([next(stream) for _ in range(4)])
     n_masks = sum(int(sample_has_mask) for sample_has_mask in (raw.teacher.mask_index.amax(1) >= 0))
     assert raw.masks.shape[0] == n_masks
-    batch, scene_index = prepare_batch(model, raw, torch.device("cpu"))
-    out = Losses(model, grounding_weight=1.0)(model, batch, model.image_features(batch.pixel_values)[scene_index])
+    batch = prepare_batch(model, raw, torch.device("cpu"))
+    out = Losses(model, grounding_weight=1.0)(model, batch, model.image_features(batch.pixel_values)[batch.scene_index])
     assert torch.isfinite(out["total"]) and out["text"] > 0
 
 
