@@ -22,15 +22,15 @@ PACKAGE = "argenseg_ros"
 # Every console script of the package: name -> "module:function".
 # ros2 run/launch find these by name in <prefix>/lib/argenseg_ros (both install routes).
 CONSOLE_SCRIPTS = {
-    "segment_node": "argenseg_ros.segment_node:main",
-    "argenseg-convert": "argenseg_ros.conversion:main",
-    "argenseg-make-dataset": "argenseg_ros.dataset:main",
-    "argenseg-train-vqvae": "argenseg_ros.training:main_vqvae",
-    "argenseg-train": "argenseg_ros.training:main",
-    "demo_camera": "argenseg_ros.demo_camera:main",
-    "argenseg-send": "argenseg_ros.send_command:main",
-    "argenseg-demo": "argenseg_ros.demo:main",
-    "argenseg-eval": "argenseg_ros.evaluation:main",
+    "segment_node": "argenseg_ros.nodes.segment_node:main",
+    "argenseg-convert": "argenseg_ros.engine.conversion:main",
+    "argenseg-make-dataset": "argenseg_ros.tabletop.dataset:main",
+    "argenseg-train-vqvae": "argenseg_ros.tabletop.training:main_vqvae",
+    "argenseg-train": "argenseg_ros.tabletop.training:main",
+    "demo_camera": "argenseg_ros.nodes.demo_camera:main",
+    "argenseg-send": "argenseg_ros.nodes.send_command:main",
+    "argenseg-demo": "argenseg_ros.nodes.demo:main",
+    "argenseg-eval": "argenseg_ros.tabletop.evaluation:main",
 }
 
 # Files shipped inside the Python package (model weights and tokenizer files live under models/).

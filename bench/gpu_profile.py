@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU profile of ARGenSeg-8B per mask: prefill, next-scale decode, VQ-VAE decode, end to end, peak
 memory, in bf16, eager and with torch.compile, next-scale vs raster order. No download: the model
-is the release configuration (model.argenseg_8b_config()) with random weights, built directly on
+is the release configuration (release.argenseg_8b_config()) with random weights, built directly on
 the GPU in bf16 (about 20 s), so one call fits in a few minutes.
 
     python bench/gpu_profile.py --out $OUT/gpu_profile.json          # one H100/H200, ~4-6 min

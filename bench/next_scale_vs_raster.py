@@ -50,7 +50,7 @@ def _import_engine():
     except ImportError:
         import types
         sys.modules["cv2"] = types.ModuleType("cv2")
-    from argenseg_ros import generation, model
+    from argenseg_ros.engine import generation, model
     return generation, model
 
 
@@ -65,10 +65,10 @@ def build_random(size: str, device: str, dtype: torch.dtype, seed: int = 0):
 
     tiny: the test-suite model (3 scales, 21 tokens per mask). small: a 8-layer 512-wide LLM with
     the release's 10 scales / 680 tokens / 4096 codes (VQ-VAE narrowed to ch=32). 8b: the release
-    configuration (model.argenseg_8b_config()), random weights, no tokenizer.
+    configuration (release.argenseg_8b_config()), random weights, no tokenizer.
     """
     _, model_mod = _import_engine()
-    from argenseg_ros.vqvae import VQVAEConfig
+    from argenseg_ros.engine.vqvae import VQVAEConfig
 
     torch.manual_seed(seed)
     with model_mod._default_dtype(dtype), torch.device(device):
@@ -78,7 +78,8 @@ def build_random(size: str, device: str, dtype: torch.dtype, seed: int = 0):
             model, tokenizer = model_mod.random_model(seed=seed, vqvae=VQVAEConfig.var_ch160v4096z32(ch=32),
                                                       **SMALL_SIZES)
         elif size == "8b":
-            model, tokenizer = model_mod.ARGenSegModel(model_mod.argenseg_8b_config()), None
+            from argenseg_ros.engine.release import argenseg_8b_config
+            model, tokenizer = model_mod.ARGenSegModel(argenseg_8b_config()), None
         else:
             raise ValueError(f"unknown size {size!r}")
     return model.eval(), tokenizer

@@ -33,19 +33,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from argenseg_ros.local_ros import claim_domain_id
+from domain_coordinator import domain_id
 
 REPO = Path(__file__).resolve().parents[1]
+_DOMAIN_CLAIMS: list = []   # domain_coordinator claims of this process
 
 
 def configure_ros_env() -> Path:
     """The project's ROS rules for this process and its children (before rclpy is imported)."""
     if not os.environ.get("ROS_DOMAIN_ID", "").strip():
+        claim = domain_id()   # held (a bound port) until this process exits
         try:
-            os.environ["ROS_DOMAIN_ID"] = str(claim_domain_id())
+            os.environ["ROS_DOMAIN_ID"] = str(claim.__enter__())
         except RuntimeError as exc:
             sys.exit(str(exc))
+        _DOMAIN_CLAIMS.append(claim)
     tmp = Path(tempfile.mkdtemp(prefix="argenseg_bench_"))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_HOME", str(tmp / "ros_home"))
@@ -140,9 +142,9 @@ def main() -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from argenseg_ros.demo import stamp_ns
-    from argenseg_ros.demo_camera import LATCHED_QOS
-    from argenseg_ros.send_command import CommandClient, NodeNotFound, parse_reply
+    from argenseg_ros.nodes.demo import stamp_ns
+    from argenseg_ros.nodes.demo_camera import LATCHED_QOS
+    from argenseg_ros.nodes.send_command import CommandClient, NodeNotFound, parse_reply
 
     load_before = os.getloadavg()
     camera = Proc([executable("demo_camera"), "--ros-args", "-p", f"rate_hz:={args.rate_hz}",

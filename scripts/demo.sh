@@ -54,7 +54,7 @@ pids+=($!)
 pids+=($!)
 
 status=0
-"$venv/bin/python" -m argenseg_ros.demo --out "$out" --scenes "${DEMO_SCENES:-2}" \
+"$venv/bin/python" -m argenseg_ros.nodes.demo --out "$out" --scenes "${DEMO_SCENES:-2}" \
   --track-seconds "${DEMO_TRACK_SECONDS:-3}" --ready-timeout "${DEMO_READY_TIMEOUT:-120}" \
   --watch-pid "${pids[0]}" --watch-pid "${pids[1]}" || status=$?
 if [ "$status" -ne 0 ]; then

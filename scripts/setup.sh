@@ -51,7 +51,7 @@ pip_install --no-build-isolation --no-deps .
 # Smoke check: what the node needs imports, and the executable is where ros2 launch looks.
 "$py" - <<'PY'
 import os, sys
-import rclpy, sensor_msgs.msg, std_msgs.msg, rcl_interfaces.srv  # noqa: F401
+import rclpy, sensor_msgs.msg, std_msgs.msg, rcl_interfaces.srv, domain_coordinator  # noqa: F401
 import argenseg_ros
 exe = os.path.join(sys.prefix, "lib", "argenseg_ros", "segment_node")
 if not os.access(exe, os.X_OK):

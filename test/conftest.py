@@ -2,9 +2,9 @@
 
 Every ROS process of a test session (pytest itself and what it starts) runs with:
 - ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (always forced),
-- one ROS_DOMAIN_ID for the session: the caller's if set (scripts/test.sh sets one), otherwise the
-  first id of argenseg_ros.local_ros.DOMAIN_IDS (70..99) not held by another process on this
-  machine (flock, as scripts/ros_env.sh does),
+- one ROS_DOMAIN_ID for the session: the caller's if set (scripts/test.sh sets one), otherwise one
+  claimed with domain_coordinator (the ROS test stack's claim: a bound local port per id, held
+  for the session, as scripts/ros_env.sh does),
 - a ROS_HOME (and so ROS log dir) in a temp dir of the session,
 - FASTRTPS_DEFAULT_PROFILES_FILE = config/fastdds_profile.xml of this repository (if not set),
 - RMW_IMPLEMENTATION=rmw_fastrtps_cpp.
@@ -28,21 +28,24 @@ import time
 from pathlib import Path
 
 import pytest
-
-from argenseg_ros.local_ros import claim_domain_id
+from domain_coordinator import domain_id
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "argenseg_ros"
 CONFIG_DIR = REPO_ROOT / "config"
 PARAMS_FILE = CONFIG_DIR / "argenseg.yaml"
 DDS_PROFILE = CONFIG_DIR / "fastdds_profile.xml"
+_DOMAIN_CLAIMS: list = []
 
 
 def _session_domain_id() -> int:
     """The caller's ROS_DOMAIN_ID, else the first id in the range that no other session holds."""
     if os.environ.get("ROS_DOMAIN_ID", "").strip():
         return int(os.environ["ROS_DOMAIN_ID"])
-    return claim_domain_id()
+    claim = domain_id()
+    claimed = claim.__enter__()   # released when the pytest process exits
+    _DOMAIN_CLAIMS.append(claim)
+    return claimed
 
 
 def _configure_ros_environment() -> Path:

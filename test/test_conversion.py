@@ -25,18 +25,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sentencepiece import sentencepiece_model_pb2
 
-from argenseg_ros import conversion
-from argenseg_ros.conversion import ConversionError, convert_checkpoint, convert_tokenizer, split_wqkv
-from argenseg_ros.model import (
+from argenseg_ros.engine import conversion
+from argenseg_ros.engine.conversion import ConversionError, convert_checkpoint, convert_tokenizer, split_wqkv
+from argenseg_ros.engine.model import (
     ARGenSegModel,
     ModelLoadError,
     ShardedSafetensorsWriter,
-    argenseg_8b_config,
     random_model,
     weight_files,
 )
-from argenseg_ros.tokenization import visual_token
-from argenseg_ros.vqvae import MultiScaleVQVAE, VQVAEConfig
+from argenseg_ros.engine.release import RELEASE_TOKEN_IDS, RELEASE_VOCAB_SIZE, argenseg_8b_config
+from argenseg_ros.engine.tokenization import visual_token
+from argenseg_ros.engine.vqvae import MultiScaleVQVAE, VQVAEConfig
 
 TINY_VQ = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                       patch_nums=(1, 2, 4), image_size=8, share_quant_resi=2)
@@ -379,8 +379,8 @@ def test_release_token_ids_survive_conversion(tmp_path):
     filler = 92544 - SPM_SIZE
     ids = write_tokenizer(tmp_path, 4096, filler=filler)
     tokenizer, token_ids, _ = convert_tokenizer(tmp_path, 4096)
-    assert token_ids == conversion.RELEASE_TOKEN_IDS
-    assert len(tokenizer) == conversion.RELEASE_VOCAB_SIZE
+    assert token_ids == RELEASE_TOKEN_IDS
+    assert len(tokenizer) == RELEASE_VOCAB_SIZE
     for content in ("<|im_end|>", "<IMG_CONTEXT>", "<ge_end>", visual_token(0), visual_token(4095)):
         assert tokenizer.convert_tokens_to_ids(content) == ids[content]
 
@@ -388,7 +388,7 @@ def test_release_token_ids_survive_conversion(tmp_path):
 def test_converted_model_generates_and_stores_bf16(converted, tmp_path):
     import numpy as np
 
-    from argenseg_ros.segmenter import Segmenter
+    from argenseg_ros.engine.segmenter import Segmenter
 
     root, *_ = converted
     convert_checkpoint(root / "official", tmp_path / "bf16", vqvae_config=TINY_VQ, log=None)   # default bfloat16

@@ -1,4 +1,4 @@
-"""Tests of the on-disk dataset format (argenseg_ros.dataset)."""
+"""Tests of the on-disk dataset format (argenseg_ros.tabletop.dataset)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from argenseg_ros import dataset as ds
-from argenseg_ros import tabletop as tt
+from argenseg_ros.tabletop import dataset as ds
+from argenseg_ros.tabletop import world as tt
 
 
 def _small_dataset(root: Path, seeds: range = range(3), q: int = 6) -> int:

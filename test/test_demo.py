@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from conftest import PARAMS_FILE, REPO_ROOT, RosProcess, package_executable, ros_env, spin_until
 
-from argenseg_ros import demo_camera, tabletop
-from argenseg_ros.demo import choose_commands, iou
-from argenseg_ros.send_command import image_to_array, parse_reply
+from argenseg_ros.nodes import demo_camera
+from argenseg_ros.nodes.demo import choose_commands, iou
+from argenseg_ros.nodes.send_command import image_to_array, parse_reply
+from argenseg_ros.tabletop import world as tabletop
 
 CAMERA = "demo_camera"
 
@@ -41,7 +42,7 @@ def test_parse_reply_formats():
 def test_reply_to_command_is_told_from_tracked_frames():
     from std_msgs.msg import String
 
-    from argenseg_ros.send_command import Received, is_reply_to
+    from argenseg_ros.nodes.send_command import Received, is_reply_to
 
     def rx(text, t):
         return Received(String(data=text), t)
@@ -71,7 +72,7 @@ def test_image_to_array_honours_step_and_encoding():
 
 
 def test_heldout_seed_matches_training():
-    from argenseg_ros.training import HELDOUT_SEED_BASE
+    from argenseg_ros.tabletop.training import HELDOUT_SEED_BASE
 
     assert demo_camera.HELDOUT_SEED_BASE == HELDOUT_SEED_BASE
     assert dict((p.name, p.default) for p in demo_camera.PARAMETERS)["seed"] == HELDOUT_SEED_BASE

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from argenseg_ros.generation import cfg_logits, generate
-from argenseg_ros.model import ARGenSegModel, ModelLoadError, random_model
-from argenseg_ros.segmenter import InputError, Segmenter
-from argenseg_ros.sequence import build_teacher_batch, mask_tokens_from_ids, teacher_forward
+from argenseg_ros.engine.generation import cfg_logits, generate
+from argenseg_ros.engine.model import ARGenSegModel, ModelLoadError, random_model
+from argenseg_ros.engine.segmenter import InputError, Segmenter
+from argenseg_ros.engine.sequence import build_teacher_batch, mask_tokens_from_ids, teacher_forward
 
 
 @pytest.fixture(scope="module")

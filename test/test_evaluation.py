@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from argenseg_ros import evaluation, tabletop, training
-from argenseg_ros.evaluation import Accumulator, evaluate, iou_from_counts, mask_counts, score_query
-from argenseg_ros.model import random_model
-from argenseg_ros.segmenter import InputError, SegmentationResult, Segmenter
+from argenseg_ros.engine.model import random_model
+from argenseg_ros.engine.segmenter import InputError, SegmentationResult, Segmenter
+from argenseg_ros.tabletop import evaluation, training
+from argenseg_ros.tabletop import world as tabletop
+from argenseg_ros.tabletop.evaluation import Accumulator, evaluate, iou_from_counts, mask_counts, score_query
 
 
 def _mask(shape, cells):

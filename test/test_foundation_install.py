@@ -129,7 +129,8 @@ def test_installed_tree_layout(installed):
 
     site = _site_packages(prefix)
     assert (site / PACKAGE / "__init__.py").is_file()
-    assert (site / PACKAGE / "segment_node.py").is_file()
+    assert (site / PACKAGE / "nodes" / "segment_node.py").is_file()
+    assert (site / PACKAGE / "engine" / "segmenter.py").is_file()
     scripts = _console_scripts(site)
     assert "segment_node" in scripts
     for name in scripts:

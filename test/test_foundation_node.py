@@ -23,7 +23,7 @@ def assert_no_other_argenseg(test_node):
 
 
 def test_yaml_layout_matches_declared_parameters():
-    from argenseg_ros.segment_node import PARAMETERS
+    from argenseg_ros.nodes.segment_node import PARAMETERS
 
     params = yaml_parameters()
     assert set(params) == {spec.name for spec in PARAMETERS}

@@ -74,7 +74,7 @@ def _console_scripts() -> dict[str, str]:
 
 def test_console_scripts_resolve():
     scripts = _console_scripts()
-    assert scripts["segment_node"] == "argenseg_ros.segment_node:main"
+    assert scripts["segment_node"] == "argenseg_ros.nodes.segment_node:main"
     code = ("import importlib, sys\n"
             "for target in sys.argv[1:]:\n"
             "    module, _, attr = target.partition(':')\n"

@@ -1,4 +1,4 @@
-"""argenseg_ros.image_conversion: sensor_msgs images <-> numpy (no ROS graph needed)."""
+"""argenseg_ros.nodes.image_conversion: sensor_msgs images <-> numpy (no ROS graph needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from argenseg_ros import image_conversion as ic
+from argenseg_ros.nodes import image_conversion as ic
 
 
 @pytest.fixture(scope="module")

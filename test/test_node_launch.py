@@ -167,7 +167,8 @@ def test_launch_command_line_remaps_the_running_node(description, start_ros_exec
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from argenseg_ros import image_conversion, tabletop
+    from argenseg_ros.nodes import image_conversion
+    from argenseg_ros.tabletop import world as tabletop
 
     replies = []
     test_node.create_subscription(String, "/argenseg/reply", lambda m: replies.append(m.data), 10)

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from conftest import PARAMS_FILE, REPO_ROOT, RosProcess, package_executable, ros_env
 
-from argenseg_ros import image_conversion as ic
-from argenseg_ros import tabletop
+from argenseg_ros.nodes import image_conversion as ic
+from argenseg_ros.tabletop import world as tabletop
 
 REPLY_RE = re.compile(r"^(?P<body>.*) \[frame (?P<stamp>\d+\.\d{9}|none), (?P<ms>\d+) ms\]$", re.S)
 EVAL_REPORT = REPO_ROOT / "argenseg_ros" / "models" / "tabletop" / "eval_report.json"
@@ -240,7 +240,7 @@ def _write_params(path, name: str, **overrides) -> str:
 def segmenter():
     import torch
 
-    from argenseg_ros.segmenter import Segmenter
+    from argenseg_ros.engine.segmenter import Segmenter
 
     torch.set_num_threads(1)  # as the node (num_threads: 1): same kernels, same results
     return Segmenter.from_pretrained(None)
@@ -481,8 +481,8 @@ def _eval_giou(types: list[str]) -> tuple[float, str]:
 
 def test_ground_truth_iou_matches_the_eval_report(graph, segmenter):
     """Held-out scenes of the evaluation split, through the node: referring gIoU >= report - margin."""
-    from argenseg_ros.evaluation import split_queries
-    from argenseg_ros.training import HELDOUT_SEED_BASE
+    from argenseg_ros.tabletop.evaluation import split_queries
+    from argenseg_ros.tabletop.training import HELDOUT_SEED_BASE
 
     client, target = graph["client"], graph["targets"]["argenseg"]
     ious, types, latencies = [], [], []

@@ -4,8 +4,8 @@ of a 50-scene sample; set them from the eval report of the shipped weights."""
 
 import pytest
 
-from argenseg_ros.evaluation import HELDOUT_SEED_BASE, evaluate, markdown_report
-from argenseg_ros.segmenter import Segmenter
+from argenseg_ros.engine.segmenter import Segmenter
+from argenseg_ros.tabletop.evaluation import HELDOUT_SEED_BASE, evaluate, markdown_report
 
 NUM_SCENES = 50                  # fixed: seeds HELDOUT_SEED_BASE .. HELDOUT_SEED_BASE + 49
 QUERIES_PER_SCENE = 4            # 200 queries, about 25 s on 2 CPU cores; the first 50 scenes of the 500-scene eval

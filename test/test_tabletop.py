@@ -1,4 +1,4 @@
-"""Tests of the synthetic tabletop world (argenseg_ros.tabletop) against TABLETOP.md.
+"""Tests of the synthetic tabletop world (argenseg_ros.tabletop.world) against TABLETOP.md.
 
 The semantic checks re-derive every referent from the scene's objects with an independent,
 straightforward reading of the grammar, rather than calling the generator's helpers.
@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from argenseg_ros import tabletop as tt
+from argenseg_ros.tabletop import world as tt
 
 SEEDS = range(40)
 LEAD_IN_RE = re.compile(r"^(?:(?:please )?(?:segment|pick up|grab|find) |where is )?(.*?)\??$")

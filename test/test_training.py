@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
-from argenseg_ros import tabletop
-from argenseg_ros.generation import generate
-from argenseg_ros.model import image_to_pixel_values
-from argenseg_ros.segmenter import Segmenter
-from argenseg_ros.training import (
+from argenseg_ros.engine.generation import generate
+from argenseg_ros.engine.model import image_to_pixel_values
+from argenseg_ros.engine.segmenter import Segmenter
+from argenseg_ros.tabletop import world as tabletop
+from argenseg_ros.tabletop.training import (
     ConversationEncoder,
     Losses,
     build_tabletop_model,
@@ -77,8 +77,8 @@ def test_cosine_schedule_and_position_code():
 
 
 def test_trainer_reads_the_on_disk_dataset(tmp_path):
-    from argenseg_ros.dataset import generate_tabletop_dataset
-    from argenseg_ros.training import DiskConversations
+    from argenseg_ros.tabletop.dataset import generate_tabletop_dataset
+    from argenseg_ros.tabletop.training import DiskConversations
 
     generate_tabletop_dataset(tmp_path / "data", range(2), queries_per_scene=3, width=160, height=120)
     model, tokenizer = build_tabletop_model(None, seed=0, vqvae=TINY_VQVAE, sizes=TINY_SIZES)
@@ -96,8 +96,8 @@ def test_trainer_reads_the_on_disk_dataset(tmp_path):
 
 
 def test_training_continues_from_a_model_directory_keeping_its_vqvae(tmp_path):
-    from argenseg_ros.model import ARGenSegModel
-    from argenseg_ros.training import main
+    from argenseg_ros.engine.model import ARGenSegModel
+    from argenseg_ros.tabletop.training import main
 
     model, tokenizer = build_tabletop_model(None, seed=0, vqvae=TINY_VQVAE, sizes=TINY_SIZES)
     model.save_pretrained(tmp_path / "start", tokenizer)

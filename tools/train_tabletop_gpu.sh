@@ -34,12 +34,12 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 if [ -n "${INIT:-}" ]; then
   MODEL_SOURCE=(--init "$INIT")
 else
-  python3 -c "from argenseg_ros.training import main_vqvae; main_vqvae()" \
+  python3 -c "from argenseg_ros.tabletop.training import main_vqvae; main_vqvae()" \
     --out "$RUN/vqvae" --device "${DEVICE:-cuda}" --minutes "$VQ_MIN" --batch 256 --lr 2e-3 --workers "$WORKERS" \
     --seed 0 --log-every "$LOG_EVERY" --checkpoint-minutes 1
   MODEL_SOURCE=(--vqvae "$RUN/vqvae/checkpoint.pt")
 fi
 
-python3 -c "from argenseg_ros.training import main; main()" \
+python3 -c "from argenseg_ros.tabletop.training import main; main()" \
   --out "$RUN/model" "${MODEL_SOURCE[@]}" --device "${DEVICE:-cuda}" --minutes "$MODEL_MIN" \
   --batch 256 --lr "${LR:-1.5e-3}" --workers "$WORKERS" --seed 0 --log-every "$LOG_EVERY" --checkpoint-minutes 1

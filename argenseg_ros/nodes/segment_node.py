@@ -1,7 +1,7 @@
 """The argenseg ROS 2 node (executable ``segment_node``, default name ``argenseg``).
 
-Thin: ROS messages <-> :class:`argenseg_ros.segmenter.Segmenter`. Image conversion lives in
-:mod:`argenseg_ros.image_conversion`; the model, its prompts and its limits in the Segmenter.
+Thin: ROS messages <-> :class:`argenseg_ros.engine.segmenter.Segmenter`. Image conversion lives in
+:mod:`argenseg_ros.nodes.image_conversion`; the model, its prompts and its limits in the Segmenter.
 The contract (topics, parameters, QoS, reply format, diagnostics, bad input) is documented in
 README.md, section "The segmentation node"; keep the two in step.
 
@@ -313,7 +313,7 @@ class SegmentNode(Node):
                 raise FileNotFoundError(f"model_path {model_path!r} does not exist")
             import torch
 
-            from .segmenter import Segmenter
+            from argenseg_ros.engine.segmenter import Segmenter
 
             if self._p["num_threads"] > 0:
                 torch.set_num_threads(self._p["num_threads"])
@@ -413,7 +413,7 @@ class SegmentNode(Node):
         return frame.rgb
 
     def _segment(self, frame: _Frame, instruction: str, t0: float, tracking: bool = False) -> None:
-        from .segmenter import InputError
+        from argenseg_ros.engine.segmenter import InputError
 
         rgb = self._frame_rgb(frame)
         if rgb is None:
@@ -529,7 +529,7 @@ class SegmentNode(Node):
 
 def main(args=None) -> int:
     try:  # torch and transformers first (seconds): the node shows on the graph once it can load fast
-        from . import segmenter  # noqa: F401
+        from argenseg_ros.engine import segmenter  # noqa: F401
     except KeyboardInterrupt:
         return 0
     rclpy.init(args=args)

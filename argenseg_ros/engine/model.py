@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,64 +30,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
+from .config import (
+    CONFIG_FILE,
+    MODEL_TYPE,
+    TEXT_FIRST_PROMPT_TEMPLATE,
+    ARGenSegConfig,
+    ModelLoadError,
+    build_config,
+    format_prompt,
+)
 from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"   # sharded format: index + model-0000i-of-0000n.safetensors
 TOKENIZER_FILE = "tokenizer.json"
-MODEL_TYPE = "argenseg"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# The release's InternVL2.5 chat prompt; {image} expands to <img><IMG_CONTEXT>*N</img>.
-INTERNVL_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-RELEASE_PROMPT_TEMPLATE = (
-    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}\n"
-    "Given the following instructions: {instruction}; please perform referring segmentation on this "
-    "image.<|im_end|>\n<|im_start|>assistant\n"
-)
-
-
-class ModelLoadError(RuntimeError):
-    """A model directory is missing, incomplete, or does not match its config."""
-
-
-@dataclass
-class ARGenSegConfig:
-    backbone: dict[str, Any]              # InternVLConfig.to_dict()
-    vqvae: dict[str, Any]                 # VQVAEConfig.to_dict()
-    token_ids: dict[str, int]             # see tokenization.TOKEN_ID_KEYS, plus "visual_offset"
-    prompt_template: str = RELEASE_PROMPT_TEMPLATE
-    system_prompt: str = INTERNVL_SYSTEM
-    name: str = "argenseg"
-    extra: dict[str, Any] = field(default_factory=dict)  # provenance (training command, seed, ...)
-
-    def backbone_config(self) -> InternVLConfig:
-        return InternVLConfig.from_dict(self.backbone)
-
-    def vqvae_config(self) -> VQVAEConfig:
-        return VQVAEConfig.from_dict(self.vqvae)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ARGenSegConfig":
-        data = dict(data)
-        if data.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ModelLoadError(f"config.json is not an {MODEL_TYPE} config")
-        return cls(**data)
-
-
-def format_prompt(config: ARGenSegConfig, instruction: str, num_image_tokens: int) -> str:
-    """The model's prompt text; {image} becomes <img><IMG_CONTEXT>*N</img> (training uses it too)."""
-    image = "<img>" + "<IMG_CONTEXT>" * num_image_tokens + "</img>"
-    return config.prompt_template.format(system=config.system_prompt, image=image, instruction=instruction)
-
 
 def image_to_pixel_values(image_hw3: np.ndarray, image_size: int) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> (1, 3, S, S) float32, squashed bicubic resize + ImageNet normalisation."""
@@ -417,36 +377,6 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, config: ARGenSegConfig,
         raise ModelLoadError(f"tokenizer ids differ from config.json token_ids: {wrong}")
 
 
-def build_config(token_ids: dict[str, int], vocab_size: int, vqvae: VQVAEConfig, *, image_size: int = 224,
-                 patch_size: int = 14, vision_hidden: int = 192, vision_layers: int = 4, vision_heads: int = 3,
-                 text_hidden: int = 256, text_layers: int = 6, text_heads: int = 4, text_kv_heads: int = 4,
-                 text_intermediate: int = 768, prompt_template: str = RELEASE_PROMPT_TEMPLATE,
-                 system_prompt: str = INTERNVL_SYSTEM, name: str = "argenseg") -> ARGenSegConfig:
-    """Config of an ARGenSeg of any size: InternVL vision tower + pixel shuffle + Llama text model."""
-    if (image_size // patch_size) % 2:
-        raise ValueError("image_size / patch_size must be even for the 0.5 pixel shuffle")
-    num_image_tokens = (image_size // patch_size // 2) ** 2
-    backbone = InternVLConfig(
-        vision_config=dict(
-            model_type="internvl_vision", hidden_size=vision_hidden, num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads, intermediate_size=4 * vision_hidden,
-            image_size=[image_size, image_size], patch_size=[patch_size, patch_size],
-            use_mean_pooling=False, layer_scale_init_value=0.1),
-        text_config=dict(
-            model_type="llama", hidden_size=text_hidden, num_hidden_layers=text_layers,
-            num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
-            intermediate_size=text_intermediate, vocab_size=vocab_size, max_position_embeddings=4096,
-            rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=token_ids["pad"],
-            eos_token_id=token_ids["eos"]),
-        image_token_id=token_ids["img_context"], image_seq_length=num_image_tokens,
-        downsample_ratio=0.5, tie_word_embeddings=False)
-    return ARGenSegConfig(backbone=backbone.to_dict(), vqvae=vqvae.to_dict(), token_ids=dict(token_ids),
-                          prompt_template=prompt_template, system_prompt=system_prompt, name=name)
-
-
-TEXT_FIRST_PROMPT_TEMPLATE = "<|im_start|>user\n{instruction}\n{image}<|im_end|>\n<|im_start|>assistant\n"
-
-
 def random_model(seed: int = 0, vqvae: VQVAEConfig | None = None, corpus: list[str] | None = None,
                  **sizes: Any) -> tuple["ARGenSegModel", PreTrainedTokenizerFast]:
     """A randomly initialised ARGenSeg of the given sizes (tests, benchmarks, bring-up)."""
@@ -465,12 +395,3 @@ def random_model(seed: int = 0, vqvae: VQVAEConfig | None = None, corpus: list[s
     torch.manual_seed(seed)
     config = build_config(token_ids, len(tokenizer), vqvae, **defaults)
     return ARGenSegModel(config).eval(), tokenizer
-
-
-def argenseg_8b_config(vqvae: VQVAEConfig | None = None) -> ARGenSegConfig:
-    """The configuration of the released ARGenSeg-8B (InternVL2.5-8B + VAR tokenizer) exactly as
-    `argenseg-convert` writes it for the release: random-weight benchmarks, sizing, tests."""
-    from .conversion import RELEASE_OFFICIAL_CONFIG, RELEASE_TOKEN_IDS, RELEASE_VOCAB_SIZE, config_from_official
-
-    return config_from_official(RELEASE_OFFICIAL_CONFIG, dict(RELEASE_TOKEN_IDS), RELEASE_VOCAB_SIZE,
-                                vqvae or VQVAEConfig.var_ch160v4096z32(), name="argenseg-8b")

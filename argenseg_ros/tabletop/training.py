@@ -32,12 +32,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import tabletop
+from argenseg_ros.engine.config import TEXT_FIRST_PROMPT_TEMPLATE, build_config, format_prompt
+from argenseg_ros.engine.model import ARGenSegModel, image_to_pixel_values
+from argenseg_ros.engine.sequence import IGNORE, TeacherBatch, collate_rows, fill_masks, layout_row, teacher_forward
+from argenseg_ros.engine.tokenization import build_tabletop_tokenizer, resolve_token_ids
+from argenseg_ros.engine.vqvae import MultiScaleVQVAE, VQVAEConfig, masks_to_images
+
+from . import world as tabletop
 from .dataset import load_image, load_masks, read_dataset
-from .model import TEXT_FIRST_PROMPT_TEMPLATE, ARGenSegModel, build_config, format_prompt, image_to_pixel_values
-from .sequence import IGNORE, TeacherBatch, collate_rows, fill_masks, layout_row, teacher_forward
-from .tokenization import build_tabletop_tokenizer, resolve_token_ids
-from .vqvae import MultiScaleVQVAE, VQVAEConfig, masks_to_images
 
 TABLETOP_VQVAE = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                       patch_nums=(1, 2, 4, 8, 16), image_size=64, share_quant_resi=4)

@@ -50,11 +50,12 @@ from rclpy.qos import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from . import tabletop
+from argenseg_ros.tabletop import world as tabletop
+
 from .node_support import ParameterSpec, declare_checked, refuse_bad_changes, spin_until_shutdown
 
 NODE_NAME = "demo_camera"
-#: = argenseg_ros.training.HELDOUT_SEED_BASE (not imported: that module pulls in torch).
+#: = argenseg_ros.tabletop.training.HELDOUT_SEED_BASE (not imported: that module pulls in torch).
 HELDOUT_SEED_BASE = 2_000_000_000
 ENCODINGS = ("rgb8", "bgr8")
 MAX_SEED = 2**63 - 1

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from argenseg_ros.tabletop import MASK_PLACEHOLDER, Query, Scene, render_scene, sample_queries
+from .world import MASK_PLACEHOLDER, Query, Scene, render_scene, sample_queries
 
 CONVERSATIONS_FILE = "conversations.jsonl"
 IMAGES_DIR = "images"

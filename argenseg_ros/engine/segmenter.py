@@ -36,7 +36,7 @@ class SegmentationResult:
 
 def default_model_dir() -> Path:
     """The tabletop model shipped inside the package."""
-    return Path(__file__).resolve().parent / "models" / "tabletop"
+    return Path(__file__).resolve().parents[1] / "models" / "tabletop"
 
 
 def validate_image(image: object) -> np.ndarray:

@@ -44,8 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from . import tabletop
-from .segmenter import InputError, SegmentationResult
+from argenseg_ros.engine.segmenter import InputError, SegmentationResult
+
+from . import world as tabletop
 from .training import HELDOUT_SEED_BASE, TRAIN_SEED_LIMIT
 
 DEFAULT_QUERIES_PER_SCENE = 4
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from .segmenter import Segmenter, default_model_dir
+    from argenseg_ros.engine.segmenter import Segmenter, default_model_dir
 
     if args.threads is not None:
         if args.threads < 1:
