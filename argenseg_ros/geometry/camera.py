@@ -39,6 +39,8 @@ class Intrinsics:
         k = np.asarray(k, dtype=np.float64).reshape(-1)
         if k.size != 9:
             raise DepthError(f"camera matrix K must have 9 numbers, got {k.size}")
+        if not k.any():
+            raise DepthError("camera matrix K is all zeros: the camera is uncalibrated")
         if k[1] != 0.0 or k[3] != 0.0 or k[6] != 0.0 or k[7] != 0.0 or k[8] != 1.0:
             raise DepthError(f"camera matrix K {k.tolist()} is not a pinhole matrix "
                              "[fx 0 cx; 0 fy cy; 0 0 1] (skew is not supported)")
