@@ -32,6 +32,8 @@ class Response:
     header: object | None = None           # std_msgs/Header of the frame used, as received
     mask: np.ndarray | None = None         # union mask published for this response
     tracked: bool = False                  # a tracked frame, not the answer to the command itself
+    result_3d: object | None = None        # depth_3d.Result3D (3D outputs on, mask not empty): has_3d,
+    #                                        error_3d, centroid_3d, box_3d, points; .copy_to(result)
 
     @property
     def is_error(self) -> bool:

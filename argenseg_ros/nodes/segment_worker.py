@@ -75,7 +75,7 @@ class SegmentWorker:
     """The worker thread and its state. ``params`` is the node's live parameter dict (read per request)."""
 
     def __init__(self, params: dict, slot: FrameSlot, counters: Counters, logger, image_topic: str,
-                 publish_outputs: Callable[[np.ndarray, np.ndarray, object], None]):
+                 publish_outputs: Callable[[np.ndarray, np.ndarray, object], object]):
         self._p = params
         self.slot = slot
         self.counters = counters
@@ -317,20 +317,24 @@ class SegmentWorker:
             mask = np.logical_or.reduce(result.masks)
         elif result.reply.startswith(ABSENT_PREFIX):
             mask = np.zeros(rgb.shape[:2], bool)
+        result_3d = None   # depth_3d.Result3D when the node has 3D outputs and the mask is not empty
         if mask is not None:
-            self._publish_outputs(mask, rgb, frame.header)
+            result_3d = self._publish_outputs(mask, rgb, frame.header)
             self.counters.count("masks")
         if frame.pixels > LARGE_FRAME_PIXELS:
             self.slot.mark_release_due()
-        self._reply(request, result.reply, frame, t0, tracked, mask)
+        body = result.reply
+        if result_3d is not None and not result_3d.has_3d:
+            body += f" (no 3D: {result_3d.error_3d})"
+        self._reply(request, body, frame, t0, tracked, mask, result_3d)
 
     # ------------------------------------------------------------------ responses
 
     def _reply(self, request: Request, body: str, frame: Frame | None, t0: float, tracked: bool = False,
-               mask: np.ndarray | None = None) -> None:
+               mask: np.ndarray | None = None, result_3d: object | None = None) -> None:
         latency = time.monotonic() - t0
         response = Response(body, frame.stamp if frame else None, latency, frame.header if frame else None,
-                            mask, tracked)
+                            mask, tracked, result_3d)
         if frame is not None:
             self.latencies.append(latency)
         self.counters.count("requests")

@@ -37,6 +37,7 @@ from rclpy.validate_topic_name import validate_topic_name
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from . import depth_3d
 from .frame_slot import FrameSlot
 from .node_support import ParameterSpec, declare_checked, refuse_bad_changes
 from .request_queue import Request, Response
@@ -118,7 +119,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "instructions starting with this prefix are tracked on every frame",
                   validator=_check_prefix, constraints="not blank, at most 50 characters"),
     ParameterSpec("tracking", False, "track every instruction (as if it had the tracking prefix)"),
-)
+) + depth_3d.PARAMETERS   # depth_topic, camera_info_topic (empty = no 3D), pairing, centroid
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
 
@@ -138,6 +139,7 @@ class SegmentNode(Node):
         reply_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=REPLY_HISTORY,
                                reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         self.outputs = SegmentOutputs(self, out_qos)
+        self.depth_3d = depth_3d.Depth3D(self)   # ~/points, ~/centroid_3d, ~/box_3d with depth topics
         self._reply_pub = self.create_publisher(String, "~/reply", reply_qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -208,9 +210,12 @@ class SegmentNode(Node):
     def _respond_on_topic(self, response: Response) -> None:
         self._reply_pub.publish(String(data=response.text()))
 
-    def _publish_outputs(self, mask, rgb, header) -> None:
+    def _publish_outputs(self, mask, rgb, header) -> depth_3d.Result3D | None:
         overlay = self._p["publish_overlay"]
         self.outputs.publish(mask, rgb, header, overlay)
+        if self.depth_3d.enabled and mask.any():   # an absent referent's empty mask has no 3D
+            return self.depth_3d.process(mask, header)
+        return None
 
     def _publish_diagnostics(self) -> None:
         status = segmentation_status(self.get_name(), self.worker, self._p, self._model_dir, self.command_topic)
