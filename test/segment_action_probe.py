@@ -278,6 +278,45 @@ def run_client(name: str) -> dict:
     return report
 
 
+def round_trip(command: list[str], env: dict[str, str], log_dir, name: str, timeout: float = 120.0) -> dict:
+    """Run this file's server and client as two processes (``command`` + [this file, mode, name]).
+
+    Returns {"server": the server's where(), "client": the client's report}; AssertionError with
+    both logs when a check fails. ``command`` starts Python in the environment under test, e.g.
+    [sys.executable] or ["sh", "-c", '. install/setup.sh && exec "$0" "$@"', sys.executable].
+    """
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    server_log = Path(log_dir) / f"probe_server_{name.strip('/')}.log"
+    with open(server_log, "wb") as log:
+        server = subprocess.Popen([*command, __file__, "server", name], env=env, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout / 2
+        while "probe server ready" not in server_log.read_text(errors="replace"):
+            assert server.poll() is None, f"probe server exited {server.returncode}:\n{server_log.read_text()}"
+            assert time.monotonic() < deadline, f"probe server not ready:\n{server_log.read_text()}"
+            time.sleep(0.1)
+        client = subprocess.run([*command, __file__, "client", name], env=env, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=timeout)
+        out = client.stdout + client.stderr
+        assert client.returncode == 0 and "probe client ok " in out, (
+            f"probe client exited {client.returncode}:\n{out}\nserver:\n{server_log.read_text()}")
+        report = json.loads(out.split("probe client ok ", 1)[1].splitlines()[0])
+        ready = server_log.read_text(errors="replace").split("probe server ready ", 1)[1].splitlines()[0]
+        return {"server": json.loads(ready), "client": report}
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[1] not in ("server", "client"):
         print(__doc__, file=sys.stderr)
