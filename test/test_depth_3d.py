@@ -170,12 +170,44 @@ def test_pairs_nearest_depth_and_publishes_points_centroid_box(rig):
 
     # A colour frame 1 s after the newest depth image: no 3D, a reason, no centroid published.
     centroids = len(r.got["centroid_3d"])
+    t0 = time.monotonic()
     late = r.helper.process(rect_mask(), header(T0 + 1.2))
+    assert time.monotonic() - t0 >= 0.1        # depth_wait_s: a later depth image might come
     assert not late.has_3d and late.centroid_3d is None
     assert "no depth image within 0.05 s of the frame's stamp" in late.error_3d
     assert "(the nearest is 1.068 s away)" in late.error_3d
     assert r.spin(lambda: r.got["box_3d"][-1].action == r.got["box_3d"][-1].DELETE)
     assert len(r.got["centroid_3d"]) == centroids
+
+
+def test_waits_for_the_depth_image_of_the_frame(rig):
+    """Depth published just after the colour frame (as cameras do): the mask waits for it."""
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    r = rig(depth_wait_s=3.0)
+    r.send_info(CAMERA)
+    r.send_depth(metres_to_depth_msg(plane(0.5), "16UC1", header(T0, DEPTH_FRAME)))
+    executor = SingleThreadedExecutor(context=r.node.context)
+    executor.add_node(r.node)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [executor.spin_once(0.02) for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        # The frame at T0 + 0.033 is being segmented; its depth image is published meanwhile.
+        timer = threading.Timer(0.3, lambda: r.depth_pub.publish(
+            metres_to_depth_msg(plane(0.6), "16UC1", header(T0 + 0.033, DEPTH_FRAME))))
+        timer.start()
+        result = r.helper.process(rect_mask(), header(T0 + 0.033))
+        timer.join()
+    finally:
+        stop.set()
+        spinner.join()
+        executor.remove_node(r.node)
+        executor.shutdown()
+    assert result.has_3d and result.depth_offset_s == 0.0, result
+    assert result.geometry.centroid[2] == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])

@@ -23,6 +23,7 @@ previous box off RViz) and :class:`Result3D` says why. The depth math itself is
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +70,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "outputs (set both or neither)", read_only=True, validator=_check_optional_topic),
     ParameterSpec("depth_tolerance_s", 0.05, "largest stamp difference (s) between the colour frame and "
                   "the depth image paired with it", float_range=(0.0, 10.0)),
+    ParameterSpec("depth_wait_s", 0.1, "how long a mask waits (s) for the camera info and a depth image at "
+                  "or after its frame's stamp (depth often arrives just after colour)",
+                  float_range=(0.0, 5.0)),
     ParameterSpec("depth_buffer_s", 2.0, "depth images kept (s of stamps) for pairing; must exceed the "
                   "segmentation latency", float_range=(0.1, 60.0), read_only=True),
     ParameterSpec("points_stride", 1, "~/points holds every N-th depth row and column (1 = every "
@@ -139,6 +143,7 @@ class Depth3D:
         self.enabled = bool(self.depth_topic)
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
+        self._arrived = threading.Condition()   # notified on every depth image and camera info
         self.depth_images_received = 0
         if not self.enabled:
             return
@@ -161,10 +166,14 @@ class Depth3D:
     def _on_depth(self, msg: Image) -> None:
         self._depth.add(stamp_ns(msg.header), msg)
         self.depth_images_received += 1
+        with self._arrived:
+            self._arrived.notify_all()
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._info_lock:
             self._camera_info = msg
+        with self._arrived:
+            self._arrived.notify_all()
 
     # ------------------------------------------------------------------ worker side
 
@@ -196,13 +205,27 @@ class Depth3D:
             self._box_pub.publish(Marker(ns=MARKER_NAMESPACE, id=0, action=Marker.DELETE))
         return result
 
+    def _pair(self, wanted: int) -> tuple[CameraInfo | None, tuple[Image, int] | None]:
+        """Camera info and the depth image nearest ``wanted``, waiting up to ``depth_wait_s`` while
+        either is missing or every buffered depth image is older than the frame (a later one,
+        published just after the colour frame, may be nearer)."""
+        deadline = time.monotonic() + float(self._node.get_parameter("depth_wait_s").value)
+        while True:
+            with self._info_lock:
+                info = self._camera_info
+            paired = self._depth.nearest(wanted)
+            final = info is not None and paired is not None and stamp_ns(paired[0].header) >= wanted
+            left = deadline - time.monotonic()
+            if final or left <= 0:
+                return info, paired
+            with self._arrived:
+                self._arrived.wait(min(left, 0.02))
+
     def _compute(self, mask: np.ndarray, colour_header: Header) -> Result3D:
-        with self._info_lock:
-            info = self._camera_info
+        wanted = stamp_ns(colour_header)
+        info, paired = self._pair(wanted)
         if info is None:
             return Result3D(False, f"no camera info received yet on {self.camera_info_topic}")
-        wanted = stamp_ns(colour_header)
-        paired = self._depth.nearest(wanted)
         if paired is None:
             return Result3D(False, f"no depth image received yet on {self.depth_topic}")
         depth_msg, offset_ns = paired
