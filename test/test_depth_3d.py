@@ -210,6 +210,28 @@ def test_waits_for_the_depth_image_of_the_frame(rig):
     assert result.geometry.centroid[2] == pytest.approx(0.6)
 
 
+def test_a_held_frame_keeps_its_depth_beyond_the_buffer(rig):
+    """A segmentation slower than depth_buffer_s: the frame's depth image is kept while the node
+    holds the frame (note_frame), and let go with it."""
+    r = rig(depth_buffer_s=0.1, depth_wait_s=0.0)
+    r.send_info(CAMERA)
+
+    class Frame:   # the node's frame object: only its lifetime matters
+        pass
+
+    held = Frame()
+    r.helper.note_frame(held, header(T0))
+    r.send_depth(metres_to_depth_msg(plane(0.5), "16UC1", header(T0, DEPTH_FRAME)))
+    for i in range(1, 4):   # 0.2 .. 0.6 s later: the buffer's window has dropped the first one
+        r.send_depth(metres_to_depth_msg(plane(0.9), "16UC1", header(T0 + 0.2 * i, DEPTH_FRAME)))
+    result = r.helper.process(rect_mask(), header(T0))
+    assert result.has_3d and result.depth_offset_s == 0.0 and result.geometry.centroid[2] == pytest.approx(0.5)
+    del held
+    r.helper.note_frame(Frame(), header(T0 + 0.6))
+    gone = r.helper.process(rect_mask(), header(T0))
+    assert not gone.has_3d and "(the nearest is 0.600 s away)" in gone.error_3d
+
+
 @pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
 def test_smaller_depth_image_in_either_encoding_gives_the_same_centroid(rig, encoding):
     r = rig(depth_tolerance_s=0.0)

@@ -2,7 +2,9 @@
 
 With ``depth_topic`` and ``camera_info_topic`` set, :class:`Depth3D` subscribes to both (sensor
 data QoS, a callback group of their own: they never wait for the segmentation worker), keeps
-the recent depth images in a :class:`~argenseg_ros.nodes.stamp_buffer.StampBuffer`, and for each
+the recent depth images in a :class:`~argenseg_ros.nodes.stamp_buffer.StampBuffer` (and, for
+each colour frame the node still holds, the depth image nearest it: :meth:`Depth3D.note_frame`,
+so a segmentation slower than ``depth_buffer_s`` still finds its depth), and for each
 mask the node publishes (:meth:`Depth3D.process`) pairs the colour frame with the depth image
 nearest in stamp (within ``depth_tolerance_s``), and publishes, in the depth image's header
 (frame_id and stamp: the optical frame, x right, y down, z forward):
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +122,20 @@ class Result3D:
                 setattr(target, name, value)
 
 
+@dataclass
+class _Pin:
+    """The depth image nearest a colour frame's stamp, kept while the frame object lives."""
+
+    frame: weakref.ref
+    stamp: int
+    depth: Image | None = None
+    offset_ns: int = 0
+
+    def offer(self, depth: Image, offset_ns: int) -> None:
+        if self.depth is None or offset_ns < self.offset_ns:
+            self.depth, self.offset_ns = depth, offset_ns
+
+
 def box_marker(geometry: ObjectPoints, header: Header) -> Marker:
     marker = Marker(header=header, ns=MARKER_NAMESPACE, id=0, type=Marker.CUBE, action=Marker.ADD)
     marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = geometry.box_center
@@ -144,6 +161,8 @@ class Depth3D:
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
         self._arrived = threading.Condition()   # notified on every depth image and camera info
+        self._pins: list[_Pin] = []
+        self._pins_lock = threading.Lock()
         self.depth_images_received = 0
         if not self.enabled:
             return
@@ -164,7 +183,12 @@ class Depth3D:
     # ------------------------------------------------------------------ callbacks (never block)
 
     def _on_depth(self, msg: Image) -> None:
-        self._depth.add(stamp_ns(msg.header), msg)
+        stamp = stamp_ns(msg.header)
+        self._depth.add(stamp, msg)
+        with self._pins_lock:
+            self._pins = [pin for pin in self._pins if pin.frame() is not None]
+            for pin in self._pins:
+                pin.offer(msg, abs(stamp - pin.stamp))
         self.depth_images_received += 1
         with self._arrived:
             self._arrived.notify_all()
@@ -174,6 +198,19 @@ class Depth3D:
             self._camera_info = msg
         with self._arrived:
             self._arrived.notify_all()
+
+    def note_frame(self, frame: object, header: Header) -> None:
+        """A colour frame arrived (``frame``: the node's object for it, weakly referenced): keep
+        the depth image nearest its stamp for as long as the node holds the frame."""
+        if not self.enabled:
+            return
+        pin = _Pin(weakref.ref(frame), stamp_ns(header))
+        nearest = self._depth.nearest(pin.stamp)
+        if nearest is not None:
+            pin.offer(*nearest)
+        with self._pins_lock:
+            self._pins = [p for p in self._pins if p.frame() is not None]
+            self._pins.append(pin)
 
     # ------------------------------------------------------------------ worker side
 
@@ -213,13 +250,22 @@ class Depth3D:
         while True:
             with self._info_lock:
                 info = self._camera_info
-            paired = self._depth.nearest(wanted)
+            paired = self._nearest_depth(wanted)
             final = info is not None and paired is not None and stamp_ns(paired[0].header) >= wanted
             left = deadline - time.monotonic()
             if final or left <= 0:
                 return info, paired
             with self._arrived:
                 self._arrived.wait(min(left, 0.02))
+
+    def _nearest_depth(self, wanted: int) -> tuple[Image, int] | None:
+        nearest = self._depth.nearest(wanted)
+        with self._pins_lock:
+            for pin in self._pins:
+                if pin.stamp == wanted and pin.depth is not None and pin.frame() is not None \
+                        and (nearest is None or pin.offset_ns < nearest[1]):
+                    nearest = (pin.depth, pin.offset_ns)
+        return nearest
 
     def _compute(self, mask: np.ndarray, colour_header: Header) -> Result3D:
         wanted = stamp_ns(colour_header)

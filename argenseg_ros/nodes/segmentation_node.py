@@ -202,7 +202,8 @@ class SegmentNode(Node):
     # ------------------------------------------------------------------ callbacks (never block)
 
     def _on_image(self, msg) -> None:
-        self.slot.put(msg, self._p["max_frame_pixels"])
+        frame = self.slot.put(msg, self._p["max_frame_pixels"])
+        self.depth_3d.note_frame(frame, msg.header)   # keeps the depth nearest it while the frame lives
 
     def _on_command(self, msg: String) -> None:
         self.worker.submit(Request(msg.data, time.monotonic(), self._respond_on_topic))
