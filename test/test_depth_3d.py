@@ -161,12 +161,19 @@ def test_pairs_nearest_depth_and_publishes_points_centroid_box(rig):
     assert box.scale.z == depth_3d.MIN_MARKER_SIDE_M     # a flat plane: the thinnest drawable cube
 
     # The action result's fields, copied by name.
-    class ActionResult:
-        has_3d, error_3d, centroid_3d, box_3d, points = False, "", None, None, None
+    from argenseg_ros.action import Segment  # the action type of issue 12, built by setup.py
 
-    target = ActionResult()
+    target = Segment.Result()
     result.copy_to(target)
-    assert target.has_3d and target.centroid_3d is result.centroid_3d and target.points is result.points
+    assert target.has_3d and target.error_3d == "" and target.centroid_3d == result.centroid_3d
+    assert target.points.width == 2500 and target.box_3d_pose.header.frame_id == DEPTH_FRAME
+    assert (target.box_3d_pose.pose.position.x, target.box_3d_pose.pose.orientation.w) == (
+        pytest.approx(expected[0], abs=1e-6), 1.0)
+    assert (target.box_3d_size.x, target.box_3d_size.z) == (pytest.approx(99 * z / 500, abs=1e-6), 0.0)
+    # A goal's own depth image (no pairing, nothing published): the same numbers.
+    own = r.helper.compute(rect_mask(), metres_to_depth_msg(plane(z), "32FC1", header(T0, DEPTH_FRAME)),
+                           intrinsics_to_camera_info(CAMERA))
+    assert own.has_3d and own.geometry.centroid == pytest.approx(expected, abs=1e-6)
 
     # A colour frame 1 s after the newest depth image: no 3D, a reason, no centroid published.
     centroids = len(r.got["centroid_3d"])

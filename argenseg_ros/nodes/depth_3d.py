@@ -30,7 +30,7 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -96,12 +96,14 @@ def stamp_ns(header: Header) -> int:
 
 @dataclass
 class Result3D:
-    """The 3D outcome of one mask, shaped like the ``Segment`` action result's 3D fields.
+    """The 3D outcome of one mask, named as the ``Segment`` action result's 3D fields.
 
     ``has_3d``/``error_3d`` always; with ``has_3d`` the published messages ``centroid_3d``
-    (PointStamped), ``box_3d`` (Marker CUBE), ``points`` (PointCloud2), and ``geometry`` (the
-    numpy :class:`~argenseg_ros.geometry.object_points.ObjectPoints`). ``depth_offset_s``: depth
-    stamp minus colour stamp of the pair used.
+    (PointStamped), ``box_3d`` (Marker CUBE), ``points`` (PointCloud2), the box again as
+    ``box_3d_pose`` (PoseStamped, identity orientation: axis-aligned) and ``box_3d_size`` (Vector3,
+    true edge lengths), and ``geometry`` (the numpy
+    :class:`~argenseg_ros.geometry.object_points.ObjectPoints`). All headers are the depth
+    image's. ``depth_offset_s``: depth stamp minus colour stamp of the pair used.
     """
 
     has_3d: bool
@@ -109,10 +111,13 @@ class Result3D:
     centroid_3d: PointStamped | None = None
     box_3d: Marker | None = None
     points: PointCloud2 | None = None
+    box_3d_pose: PoseStamped | None = None
+    box_3d_size: Vector3 | None = None
     geometry: ObjectPoints | None = None
     depth_offset_s: float | None = None
 
-    MESSAGE_FIELDS = ("has_3d", "error_3d", "centroid_3d", "box_3d", "points")
+    MESSAGE_FIELDS = ("has_3d", "error_3d", "centroid_3d", "box_3d", "points", "box_3d_pose",
+                      "box_3d_size")
 
     def copy_to(self, target: object) -> None:
         """Set those of :data:`MESSAGE_FIELDS` that ``target`` (e.g. an action result) has."""
@@ -134,6 +139,30 @@ class _Pin:
     def offer(self, depth: Image, offset_ns: int) -> None:
         if self.depth is None or offset_ns < self.offset_ns:
             self.depth, self.offset_ns = depth, offset_ns
+
+
+def result_from_messages(mask: np.ndarray, depth_msg: Image, camera_info: CameraInfo, *, stride: int = 1,
+                         mad_k: float = DEFAULT_MAD_K, min_band_m: float = DEFAULT_MIN_BAND_M,
+                         depth_offset_s: float | None = None) -> Result3D:
+    """The 3D result of ``mask`` (colour frame size) on one depth image; nothing is published.
+
+    For a depth image already paired with the mask's frame (e.g. an action goal's own image +
+    depth + camera info). A problem gives ``has_3d`` false and the reason in ``error_3d``.
+    """
+    try:
+        intrinsics = camera_info_to_intrinsics(camera_info)
+        metres = depth_msg_to_metres(depth_msg)
+        geometry = object_points(mask, metres, intrinsics, stride=stride, mad_k=mad_k, min_band_m=min_band_m)
+    except DepthError as exc:
+        return Result3D(False, str(exc))
+    header = depth_msg.header
+    centroid = PointStamped(header=header)
+    centroid.point.x, centroid.point.y, centroid.point.z = geometry.centroid
+    marker = box_marker(geometry, header)
+    size = Vector3()
+    size.x, size.y, size.z = geometry.box_size
+    return Result3D(True, "", centroid, marker, points_to_cloud_msg(geometry.points, header),
+                    PoseStamped(header=header, pose=marker.pose), size, geometry, depth_offset_s)
 
 
 def box_marker(geometry: ObjectPoints, header: Header) -> Marker:
@@ -228,10 +257,7 @@ class Depth3D:
         """Pair, compute and publish the 3D outputs of ``mask`` (the colour frame's size)."""
         if not self.enabled:
             return Result3D(False, "3D is off (depth_topic and camera_info_topic are empty)")
-        try:
-            result = self._compute(mask, colour_header)
-        except DepthError as exc:
-            result = Result3D(False, str(exc))
+        result = self._compute(mask, colour_header)
         if result.has_3d:
             self._points_pub.publish(result.points)
             self._centroid_pub.publish(result.centroid_3d)
@@ -279,16 +305,13 @@ class Depth3D:
         if offset_ns > tolerance * NANOSECONDS_PER_SECOND:
             return Result3D(False, f"no depth image within {tolerance:g} s of the frame's stamp on "
                                    f"{self.depth_topic} (the nearest is {offset_ns / 1e9:.3f} s away)")
-        intrinsics = camera_info_to_intrinsics(info)
-        metres = depth_msg_to_metres(depth_msg)
+        return self.compute(mask, depth_msg, info, (stamp_ns(depth_msg.header) - wanted) / NANOSECONDS_PER_SECOND)
+
+    def compute(self, mask: np.ndarray, depth_msg: Image, camera_info: CameraInfo,
+                depth_offset_s: float | None = None) -> Result3D:
+        """:func:`result_from_messages` with this node's parameters; publishes nothing."""
         parameter = self._node.get_parameter
-        geometry = object_points(mask, metres, intrinsics,
-                                 stride=int(parameter("points_stride").value),
-                                 mad_k=float(parameter("centroid_mad_k").value),
-                                 min_band_m=float(parameter("centroid_min_band_m").value))
-        header = depth_msg.header
-        centroid = PointStamped(header=header)
-        centroid.point.x, centroid.point.y, centroid.point.z = geometry.centroid
-        return Result3D(True, "", centroid, box_marker(geometry, header),
-                        points_to_cloud_msg(geometry.points, header), geometry,
-                        (stamp_ns(header) - wanted) / NANOSECONDS_PER_SECOND)
+        return result_from_messages(mask, depth_msg, camera_info, stride=int(parameter("points_stride").value),
+                                    mad_k=float(parameter("centroid_mad_k").value),
+                                    min_band_m=float(parameter("centroid_min_band_m").value),
+                                    depth_offset_s=depth_offset_s)
