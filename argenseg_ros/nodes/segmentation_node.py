@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -223,6 +223,7 @@ class SegmentNode(Node):
 
     def _publish_diagnostics(self) -> None:
         status = segmentation_status(self.get_name(), self.worker, self._p, self._model_dir, self.command_topic)
+        status.values.append(KeyValue(key="depth_3d", value=self.depth_3d.status()))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
