@@ -132,7 +132,8 @@ class NetnsPair:
             for ns in (self.a, self.b):
                 ns.run("ip", "link", "set", "lo", "up")
                 # IPv4 only: no IPv6 link-local address, router solicitations or MLD reports
-                ns.run("sysctl", "-q", "-w", f"net.ipv6.conf.{ns.device}.disable_ipv6=1")
+                knob = f"/proc/sys/net/ipv6/conf/{ns.device}/disable_ipv6"
+                ns.run("sh", "-c", f"if [ -e {knob} ]; then echo 1 > {knob}; fi")
                 ns.run("ip", "addr", "add", f"{ns.address}/{PREFIX_LEN}", "dev", ns.device)
                 if self.mtu:
                     ns.run("ip", "link", "set", ns.device, "mtu", str(self.mtu))
