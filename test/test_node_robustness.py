@@ -149,7 +149,8 @@ def test_duplicate_node_name_is_refused(node, scene):
     client, target, second = node["client"], node["target"], node["second"]
     code = second.proc.wait(timeout=WAIT)
     assert code == 1, second.output()
-    assert f"another node named /{NAME} is already running" in second.output()
+    assert f"another node named /{NAME} is already running (pid {node['proc'].pid} on " in second.output()
+    assert node["proc"].wait_for_output(f"a second node named /{NAME} started (pid {second.pid} on", 10.0)
     assert "Traceback" not in second.output()
     n = _n(client, target)
     client.send_command(target, QUESTION)

@@ -122,10 +122,13 @@ class SegmentWorker:
                     key=f"refused: {refusal}")   # a burst: every command replied, one log line per interval
         return False
 
-    def close(self, reason: str) -> None:
-        """Refuse waiting and later requests with ``reason``; stop after the request in hand."""
+    def close(self, reason: str, reply: bool = True) -> None:
+        """Refuse waiting and later requests with ``reason`` (``reply`` False: drop the waiting ones
+        silently); stop after the request in hand."""
         for request in self.queue.close(reason):
             self.counters.count("commands_refused")
+            if not reply:
+                continue
             self._error(request, f"{reason}; command not served: {echo(request.text)}", None, request.received,
                         key=f"not served: {reason}")
         self._stop.set()
