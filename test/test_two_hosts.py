@@ -21,12 +21,12 @@ root or `ip` the test skips, saying why.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import CONFIG_DIR, PARAMS_FILE, RosProcess, package_executable, ros_env
+from conftest import CONFIG_DIR, PARAMS_FILE, package_executable, ros_env
 from netns_pair import DISCOVERY_SERVER_PORT, NetnsPair, NetnsUnavailable, discovery_server_command, unavailable_reason
 
 MULTIHOST_PROFILE = CONFIG_DIR / "fastdds_multihost.xml"
@@ -119,8 +119,9 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
         routes = ns.run("ip", "-4", "route", "show").stdout.strip().splitlines()
         assert len(routes) == 1 and routes[0].startswith("192.0.2.0/24 "), routes
 
-    ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "ip"
+    ip = shutil.which("ip")
 
+    # Processes started through the fixture are stopped at teardown, before the namespaces go.
     def in_ns(ns, name, *args, env, argv0=None):
         exe = argv0 or str(package_executable(name))
         return start_ros_executable(name, "netns", "exec", ns.name, exe, *args, env=env, executable=ip)
@@ -130,9 +131,8 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
         argv, server_env = discovery_server_command(a.address, DISCOVERY_SERVER_PORT)
         if argv is None:
             pytest.skip(f"no Discovery Server here: {server_env}")
-        server = RosProcess(a.wrap(argv), server_env, tmp_path / "discovery_server.log")
+        server = in_ns(a, "discovery_server", *argv[1:], env=server_env, argv0=argv[0])
         if not server.wait_for_output("Server is running", timeout=20):
-            server.stop()
             pytest.fail(f"fast-discovery-server did not start:\n{server.output()}")
     env_a = _host_env(tmp_path, "a", discovery, b.address, a.address)
     env_b = _host_env(tmp_path, "b", discovery, a.address, a.address)
@@ -147,7 +147,7 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
     env_client = dict(env_a, ROS_SUPER_CLIENT="TRUE") if server else env_a
     client = in_ns(a, "two_hosts_client", "-c", CLIENT, env=env_client, argv0=sys.executable)
     try:
-        finished = client.wait_for_output("RESULT ", timeout=150)
+        finished = client.wait_for_output("RESULT ", timeout=120)
         try:
             code = client.proc.wait(timeout=30)   # it shuts down by itself after the result
         except subprocess.TimeoutExpired:
