@@ -24,9 +24,10 @@ import json
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import CONFIG_DIR, PARAMS_FILE, package_executable, ros_env
+from conftest import CONFIG_DIR, PARAMS_FILE, REPO_ROOT, package_executable, ros_env
 from netns_pair import DISCOVERY_SERVER_PORT, NetnsPair, NetnsUnavailable, discovery_server_command, unavailable_reason
 
 MULTIHOST_PROFILE = CONFIG_DIR / "fastdds_multihost.xml"
@@ -74,6 +75,28 @@ print("RESULT " + json.dumps(out), flush=True)
 node.destroy_node()
 rclpy.shutdown()
 """
+
+
+def test_multihost_profile_is_udpv4_only_with_room_for_large_frames():
+    """config/fastdds_multihost.xml: the default participant has exactly one transport, UDPv4, no
+    builtin transports (no shared memory), and socket buffers that hold a 1280x720 rgb8 frame."""
+    ns = {"dds": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    root = ET.parse(MULTIHOST_PROFILE).getroot()
+    descriptors = {d.findtext("dds:transport_id", namespaces=ns): d
+                   for d in root.iterfind(".//dds:transport_descriptor", ns)}
+    default = [p for p in root.iterfind(".//dds:participant", ns) if p.get("is_default_profile") == "true"]
+    assert len(default) == 1
+    rtps = default[0].find("dds:rtps", ns)
+    assert rtps.findtext("dds:useBuiltinTransports", namespaces=ns) == "false"
+    used = [t.text for t in rtps.iterfind("dds:userTransports/dds:transport_id", ns)]
+    assert len(used) == 1 and descriptors[used[0]].findtext("dds:type", namespaces=ns) == "UDPv4"
+    udp = descriptors[used[0]]
+    for key in ("sendBufferSize", "receiveBufferSize"):
+        assert int(udp.findtext(f"dds:{key}", namespaces=ns)) >= 1280 * 720 * 3, key
+    assert 1500 < int(udp.findtext("dds:maxMessageSize", namespaces=ns)) <= 65500
+    # No discovery settings in the file: those come from the ROS variables on each host.
+    assert rtps.find("dds:builtin", ns) is None
+    assert "fastdds_multihost.xml" in (REPO_ROOT / "README.md").read_text()
 
 
 def _host_env(tmp_path, name: str, discovery: str, peer: str, server: str) -> dict[str, str]:
