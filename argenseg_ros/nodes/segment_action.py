@@ -36,6 +36,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from argenseg_ros.action import Segment
 
@@ -46,6 +47,10 @@ from .request_queue import GoalOptions, Request, Response
 
 ACTION_NAME = "~/segment"
 CANCEL_SETTLE_S = 2.0     # a cancelled goal's terminal status waits at most this for rclpy's CANCELING
+# The goal, cancel and result services keep this many requests: the services default (keep last
+# 10) drops requests of a burst (20 goals at once lost 6 here) before the executor takes them.
+SERVICE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
 
 
 def goal_problem(goal: Segment.Goal) -> str | None:
@@ -123,7 +128,6 @@ class _Goal:
 
     handle: ServerGoalHandle
     track: bool
-    num_scales: int
     request: Request | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     started: bool = False                    # the worker has begun it: no more "queued" feedback
@@ -138,18 +142,21 @@ class _Goal:
 
 class SegmentActionServer:
     """``~/segment`` of ``node`` (a SegmentNode: ``worker``, ``depth_3d``), on a callback group of
-    its own; :meth:`close` aborts what is left and destroys the server."""
+    its own. It rejects goals until :meth:`accept_goals` (the node's activate); :meth:`abort_all`
+    ends the active ones (deactivate), :meth:`destroy` the server (cleanup)."""
 
     def __init__(self, node: Node):
         self._node = node
         self._log = node.get_logger()
         self._lock = threading.Lock()
         self._goals: dict[bytes, _Goal] = {}     # active, outcome not yet known
-        self._accepting = True
+        self._accepting = False
         self._group = ReentrantCallbackGroup()   # quick callbacks only; goals never hold a thread
         self._server = ActionServer(node, Segment, ACTION_NAME, execute_callback=self._execute,
                                     goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
-                                    cancel_callback=self._on_cancel, callback_group=self._group)
+                                    cancel_callback=self._on_cancel, callback_group=self._group,
+                                    goal_service_qos_profile=SERVICE_QOS, cancel_service_qos_profile=SERVICE_QOS,
+                                    result_service_qos_profile=SERVICE_QOS)
         node.worker.queue.on_take = self._report_positions
         self.name = node.resolve_topic_name(ACTION_NAME)   # rclpy resolves ~ the same way
         self._log.info(f"action server {self.name} (argenseg_ros/action/Segment) up")
@@ -158,21 +165,20 @@ class SegmentActionServer:
 
     def _on_goal(self, goal: Segment.Goal) -> GoalResponse:
         if not self._accepting:
-            self._log.warning(f"goal {echo(goal.instruction)} rejected: the action server is closing")
+            self._log.warning(f"goal {echo(goal.instruction)} rejected: the node is not active")
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
 
     def _on_accepted(self, handle: ServerGoalHandle) -> None:
         goal_msg: Segment.Goal = handle.request
         worker = self._node.worker
-        goal = _Goal(handle, track=goal_msg.track and not len(goal_msg.image.data), num_scales=worker.num_scales)
+        goal = _Goal(handle, track=goal_msg.track and not len(goal_msg.image.data))
         what = "tracking goal" if goal.track else "goal"
         self._log.info(f"{what} {goal.name}: {echo(goal_msg.instruction)}"
                        + (f" on its own {goal_msg.image.width}x{goal_msg.image.height} image"
                           if len(goal_msg.image.data) else ""))
         problem = goal_problem(goal_msg)
         if problem is not None:
-            self._log.error(f"goal {goal.name} aborted: {problem}")
             self._finish(goal, "abort", self._error_result(problem))
             return
         goal.request = Request(goal_msg.instruction, time.monotonic(), partial(self._on_response, goal),
@@ -183,7 +189,7 @@ class SegmentActionServer:
             with self._lock:
                 self._goals[bytes(handle.goal_id.uuid)] = goal
             if worker.submit(goal.request):
-                self._publish_queued(goal)
+                self._publish_queued(goal, in_hand=worker.in_flight is not None, always=worker.state == "loading")
 
     def _on_cancel(self, handle: ServerGoalHandle) -> CancelResponse:
         with self._lock:
@@ -238,7 +244,7 @@ class SegmentActionServer:
             if goal.outcome is not None:
                 return
             goal.started = True
-            goal.handle.publish_feedback(Segment.Feedback(stage=stage, num_scales=goal.num_scales))
+            goal.handle.publish_feedback(Segment.Feedback(stage=stage, num_scales=self._num_scales()))
 
     def _on_response(self, goal: _Goal, response: Response) -> None:
         with goal.lock:
@@ -276,19 +282,27 @@ class SegmentActionServer:
         for goal in goals:
             with goal.lock:
                 if not goal.started and goal.outcome is None:
-                    self._publish_queued(goal)
+                    self._publish_queued(goal, in_hand=True)   # the request just taken
 
     # ------------------------------------------------------------------ helpers
 
-    def _publish_queued(self, goal: _Goal) -> None:
+    def _num_scales(self) -> int:
+        worker = self._node.worker
+        return worker.num_scales if worker is not None else 0
+
+    def _publish_queued(self, goal: _Goal, in_hand: bool, always: bool = False) -> None:
+        """"queued" with the number of requests ahead (waiting, and the one in hand), when there
+        are any (or ``always``: the model is still loading)."""
         position = self._node.worker.queue.position(goal.request)
         if position is None or goal.started:   # taken already (or withdrawn)
             return
-        goal.handle.publish_feedback(Segment.Feedback(stage=Segment.Feedback.STAGE_QUEUED, num_scales=goal.num_scales,
-                                                      queue_position=position + 1))   # + the one in hand
+        ahead = position + (1 if in_hand else 0)
+        if ahead or always:
+            goal.handle.publish_feedback(Segment.Feedback(stage=Segment.Feedback.STAGE_QUEUED,
+                                                          num_scales=self._num_scales(), queue_position=ahead))
 
     def _publish_frame(self, goal: _Goal, response: Response) -> None:
-        feedback = Segment.Feedback(stage=Segment.Feedback.STAGE_FRAME, num_scales=goal.num_scales)
+        feedback = Segment.Feedback(stage=Segment.Feedback.STAGE_FRAME, num_scales=self._num_scales())
         if response.reply is not None:
             goal.frames += 1
         fill_answer(feedback, response)
@@ -324,13 +338,15 @@ class SegmentActionServer:
             goal.outcome = (kind, result)
             with self._lock:
                 self._goals[bytes(goal.handle.goal_id.uuid)] = goal
-            if kind == "abort" and result.error:
-                self._log.info(f"goal {goal.name}: aborted: {result.error}")
+            if kind == "abort":   # bad input and refusals: a log line beside the result's error
+                self._log.warning(f"goal {goal.name} aborted: {result.error}")
             goal.handle.execute(self._execute)
 
-    def close(self, reason: str) -> None:
-        """Take no more goals, abort the active ones with ``reason``, destroy the server."""
-        self._accepting = False
+    def accept_goals(self, accept: bool) -> None:
+        self._accepting = accept
+
+    def abort_all(self, reason: str) -> None:
+        """Abort every active goal with ``reason`` (queued ones leave the queue, tracking stops)."""
         with self._lock:
             goals = [g for g in self._goals.values() if g.outcome is None]
         for goal in goals:
@@ -341,10 +357,20 @@ class SegmentActionServer:
                 result = goal.last or self._error_result(reason)
                 result.success, result.error, result.frames_served = False, reason, goal.frames
                 self._finish(goal, "abort", result)
-        if self._node.worker.queue.on_take == self._report_positions:
-            self._node.worker.queue.on_take = None
 
-    def destroy(self) -> None:
+    def destroy(self, wait_s: float = 2.0) -> None:
+        """Destroy the server, after up to ``wait_s`` for the results of finished goals to go out
+        (rclpy sends them from executor tasks; from the executor's own spinning thread this
+        just times out)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._goals:
+                    break
+            time.sleep(0.01)
+        worker = self._node.worker
+        if worker is not None and worker.queue.on_take == self._report_positions:
+            worker.queue.on_take = None
         self._server.destroy()
 
 
