@@ -111,8 +111,9 @@ def main(args=None) -> int:
             return waited < DUPLICATE_CHECK_S or (unannounced and waited < DUPLICATE_WAIT_MAX_S)
         _spin_while(executor, node, checking)
         if not node.older_duplicate():
-            node.open_inputs()
-            _spin_while(executor, node, lambda: not signals.received.is_set() and not node.older_duplicate())
+            node.start()   # autostart: configure + activate; managed: a lifecycle manager does
+            _spin_while(executor, node, lambda: (not signals.received.is_set() and not node.older_duplicate()
+                                                 and not node.finalized))
         older = node.older_duplicate()
         if older:
             log.error(f"another node named {node.get_fully_qualified_name()} is already running ({older}): "
@@ -137,6 +138,8 @@ def _stop_worker(node, executor, signals: _Signals, echo, reply_waiting: bool = 
     ``reply_waiting`` False (a duplicate stopping: the older node answers the same commands): the
     waiting commands are dropped without a reply."""
     worker, log = node.worker, node.get_logger()
+    if worker is None:   # never configured, cleaned up, or finalized: nothing runs
+        return True
     in_hand = worker.in_flight
     pending = len(worker.queue)
     if signals.received.is_set():
