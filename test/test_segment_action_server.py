@@ -403,27 +403,23 @@ def test_commands_and_goals_keep_their_order(client, scene, referring, question)
 
     client.show(scene.image)
     n = len(client.replies)
-    events = []
-    client.command.publish(String(data=question))
-    events.append("command 1")
-    time.sleep(0.2)
-    first = client.goal(referring)
-    assert first.accepted.wait(20)
-    events.append("goal 1")
-    client.command.publish(String(data=referring))
-    events.append("command 2")
-    time.sleep(0.2)
-    second = client.goal(question)
-    assert second.accepted.wait(20)
-    events.append("goal 2")
-    first.wait()
-    second.wait()
+    sent = [("command 1", question), ("goal 1", referring), ("command 2", referring), ("goal 2", question)]
+    goals = {}
+    for name, instruction in sent:   # each reaches the node before the next is sent
+        if name.startswith("command"):
+            client.command.publish(String(data=instruction))
+            time.sleep(0.2)
+        else:
+            goals[name] = client.goal(instruction)
+            assert goals[name].accepted.wait(20)
+    results = [run.wait() for run in goals.values()]
+    assert all(r.result.success for r in results), [r.result.error for r in results]
     assert wait_until(lambda: len(client.replies) >= n + 2, WAIT), client.replies[n:]
     replies = client.replies[n:n + 2]
     assert not any(text.startswith("error:") for _, text in replies), replies
     done = {"command 1": replies[0][0], "command 2": replies[1][0],
-            "goal 1": first.result_at, "goal 2": second.result_at}
-    assert sorted(done, key=done.get) == events, done
+            **{name: run.result_at for name, run in goals.items()}}
+    assert sorted(done, key=done.get) == [name for name, _ in sent], done
 
 
 # ----------------------------------------------------------------------------- tracking
