@@ -550,3 +550,31 @@ def state_after_shutdown(proc: RosProcess) -> int | None:
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
     return proc.poll()
+
+
+# ----------------------------------------------------------------------------- last: it stops the node
+
+def test_sigint_aborts_the_goals_with_a_result(client, scene, referring, procs):
+    """SIGINT: the tracking goal and the queued goals are ABORTED with the reason, the goal in hand
+    is answered, and the node exits 0."""
+    import signal
+
+    from action_msgs.msg import GoalStatus
+
+    proc = procs[NODE]
+    image = ic.rgb_to_image_msg(scene.image, "rgb8")
+    client.show(scene.image)
+    tracking = client.goal(referring, track=True)
+    assert wait_until(lambda: "frame" in tracking.stages(), WAIT), tracking.stages()
+    runs = [client.goal(referring, image=image, cfg_scale=3.0) for _ in range(4)]
+    assert wait_until(lambda: all(r.accepted.is_set() for r in runs), 20)
+    proc.proc.send_signal(signal.SIGINT)
+    for run in [tracking, *runs]:
+        run.wait(30)
+    assert tracking.result.status == GoalStatus.STATUS_ABORTED, tracking.result.status
+    assert "shutting down" in tracking.result.result.error and tracking.result.result.frames_served >= 1
+    statuses = [r.result.status for r in runs]
+    aborted = [r.result.result.error for r in runs if r.result.status == GoalStatus.STATUS_ABORTED]
+    assert aborted and all("shutting down" in e for e in aborted), aborted
+    assert set(statuses) <= {GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED}, statuses
+    assert proc.proc.wait(30) == 0, proc.output()

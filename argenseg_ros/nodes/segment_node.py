@@ -28,6 +28,7 @@ DUPLICATE_CHECK_S = 2.0     # how long the graph is watched at start for a node 
 DUPLICATE_WAIT_MAX_S = 15.0  # ... and at most this long while one is seen but not yet announced
 SHUTDOWN_GRACE_S = 10.0     # the request in hand at SIGINT/SIGTERM gets this long to finish
 SPIN_PERIOD_S = 0.1         # the main thread returns to Python this often (to see signals)
+GOAL_RESULTS_S = 2.0        # at shutdown, the executor runs at most this long to send aborted goals' results
 _LAZY = ("PARAMETERS", "SPECS", "SegmentNode")
 
 
@@ -147,16 +148,31 @@ def _stop_worker(node, executor, signals: _Signals, echo, reply_waiting: bool = 
                  + (f"; refusing {pending} waiting command(s)" if pending else ""))
     worker.close("node is shutting down", reply=reply_waiting)
     if worker.state == "loading":  # nothing promised yet: do not wait for the model
+        _send_goal_results(node, executor)
         return worker.join(0.0)
     deadline = time.monotonic() + SHUTDOWN_GRACE_S
     _spin_while(executor, node, lambda: (not worker.join(0.0) and time.monotonic() < deadline
                                          and signals.count < 2))
     if worker.join(0.0):
+        _send_goal_results(node, executor)
         return True
     dropped = worker.in_flight
     log.error("shutdown: the worker did not finish within "
               f"{SHUTDOWN_GRACE_S:g} s" + (f"; dropped {echo(dropped.text)} without a reply" if dropped else ""))
     return False
+
+
+def _send_goal_results(node, executor) -> None:
+    """Spin until the goals aborted by the shutdown have their results out (rclpy sends them from
+    executor tasks), at most :data:`GOAL_RESULTS_S`."""
+    server = node.action_server
+    if server is None:
+        return
+    deadline = time.monotonic() + GOAL_RESULTS_S
+    _spin_while(executor, node, lambda: server.pending() and time.monotonic() < deadline)
+    # ... and a little longer: the result responses go out from tasks of their own after that.
+    settle = min(deadline, time.monotonic() + 0.3)
+    _spin_while(executor, node, lambda: time.monotonic() < settle)
 
 
 if __name__ == "__main__":
