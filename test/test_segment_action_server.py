@@ -398,6 +398,24 @@ def test_twenty_concurrent_goals_are_all_answered(client, scene, referring, ques
     print(f"20 concurrent goals answered in {elapsed:.1f} s")
 
 
+def test_goals_beyond_the_queue_are_aborted_with_the_reason(client, scene, question):
+    """45 goals at once: the queue holds 32 (and one in hand); the rest are accepted and ABORTED at
+    once, naming the full queue, and every goal gets its result."""
+    from action_msgs.msg import GoalStatus
+
+    image = ic.rgb_to_image_msg(scene.image, "rgb8")
+    runs = [client.goal(question, image=image) for _ in range(45)]
+    assert wait_until(lambda: all(run.answered.is_set() for run in runs), 150, period=0.2), (
+        sum(run.answered.is_set() for run in runs))
+    by_status: dict[int, list] = {}
+    for run in runs:
+        by_status.setdefault(run.result.status, []).append(run.result.result)
+    refused = by_status.get(GoalStatus.STATUS_ABORTED, [])
+    assert set(by_status) <= {GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED}, by_status.keys()
+    assert refused and all("32 commands are already waiting" in r.error for r in refused), [r.error for r in refused]
+    assert len(by_status[GoalStatus.STATUS_SUCCEEDED]) >= 32
+
+
 def test_commands_and_goals_keep_their_order(client, scene, referring, question):
     from std_msgs.msg import String
 
