@@ -73,6 +73,17 @@ def _spin_while(executor, node, keep_going) -> None:
             return
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is somewhere in the exception's cause/context chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(args=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # during the imports: as SIGINT, a quiet exit
     try:
@@ -84,7 +95,11 @@ def main(args=None) -> int:
 
         from .replies import echo
         from .segmentation_node import SegmentNode
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as exc:
+        # rclpy's loader of its C extension turns an interrupt into "ImportError from
+        # KeyboardInterrupt": that is a signal too; a real ImportError still fails loudly.
+        if isinstance(exc, ImportError) and not _caused_by_interrupt(exc):
+            raise
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # half-imported extension modules: skip the interpreter's teardown
