@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from argenseg_ros.engine.config import TEXT_FIRST_PROMPT_TEMPLATE, build_config, format_prompt
+from argenseg_ros.engine.config import TEXT_FIRST_PROMPT_TEMPLATE, build_config, prompt_token_ids
 from argenseg_ros.engine.model import ARGenSegModel, image_to_pixel_values
 from argenseg_ros.engine.sequence import IGNORE, TeacherBatch, collate_rows, fill_masks, layout_row, teacher_forward
 from argenseg_ros.engine.tokenization import build_tabletop_tokenizer, resolve_token_ids
@@ -290,8 +290,8 @@ class ConversationEncoder:
     def prompt_ids(self, instruction: str) -> list[int]:
         key = ("prompt", instruction)
         if key not in self._cache:
-            text = format_prompt(self.config, instruction, self.num_image_tokens)
-            self._cache[key] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            # as inference builds it (the config's BOS included), so fine-tuning matches serving
+            self._cache[key] = prompt_token_ids(self.config, self.tokenizer, instruction, self.num_image_tokens)
         return self._cache[key]
 
     def answer_items(self, reply: str) -> list[int | None]:
