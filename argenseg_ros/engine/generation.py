@@ -6,8 +6,14 @@ the last scale f_hat is decoded once, `<ge_end>` is forced and the text goes on.
 in different phases: each step feeds every row a chunk of its own length, right-padded, and the
 padded keys stay masked in the cache, so rows never see each other's padding.
 
-All per-request state lives in local variables: the model is only read, so one model can serve
-several threads (the caller serialises access to a device if it wants to).
+Each forward goes through a decoder (`static_decode.py`): `fast=True` (default) uses the static KV
+cache and the lean LLM forward (CUDA graphs optional), `fast=False` the eager reference, transformers'
+text model with a DynamicCache. Both run inside this one loop; the tests require the same tokens.
+In the mask phase the loop never reads a device value: codes stay on the device until the mask is
+complete, so a CUDA device is never made to wait for the host between scales.
+
+All per-request state lives in local variables (or in a decoder the caller owns): the model is only
+read, so one model can serve several threads (the caller serialises access to a device if it wants to).
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
-from transformers import DynamicCache
 
 from .model import ARGenSegModel
+from .static_decode import ChunkInputs, EagerDecoder, StaticDecoder, UnsupportedByStaticDecoder
 
 
 class Phase(Enum):
@@ -35,6 +41,7 @@ class GenerationOutput:
     mask_codes: list[list[list[torch.Tensor]]]        # per row, per mask, per scale: (pn*pn,) code ids
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prefill, text_decode, mask_decode, vqvae_decode
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = None  # per row: ("text"|"visual", logits) in order
+    decoder: StaticDecoder | None = None              # the static decoder that ran (reusable), None if eager
 
 
 @dataclass
@@ -63,12 +70,16 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
              pixel_values_B3SS: torch.Tensor, *, max_new_tokens: int = 48, max_masks: int = 4,
              cfg_scale: float = 0.0, uncond_input_ids_BT: torch.Tensor | None = None,
              uncond_valid_BT: torch.Tensor | None = None, raster_order: bool = False,
-             record_logits: bool = False) -> GenerationOutput:
+             record_logits: bool = False, fast: bool = True, cuda_graphs: bool = False,
+             decoder: StaticDecoder | None = None) -> GenerationOutput:
     """Generate replies with masks for B left-padded prompts.
 
     With `cfg_scale > 0`, the unconditional prompts (same images) run as B extra rows; visual
     logits are guided, text follows the conditional rows. `raster_order=True` generates the same
     number of visual tokens one per forward (timing comparisons only; masks are not meaningful).
+    `fast=False` runs the eager reference decoder. `decoder`: a `StaticDecoder` to reuse (its
+    cache and CUDA graphs), used if it fits this request, else a fresh one is allocated (capturing
+    CUDA graphs if `cuda_graphs`); the one that ran is returned in the output for the next call.
     """
     device = input_ids_BT.device
     ids = model.config.token_ids
@@ -92,9 +103,18 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
     key_valid = prompt_valid_BT.bool()
     next_pos = key_valid.long().sum(1)                                  # (R,) next RoPE position
     position_ids = (key_valid.long().cumsum(1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.backbone.config.text_config)
-    out = model.decode(embeds, key_valid, position_ids, cache=cache)
-    last_hidden = out.last_hidden_state[:, -1]                           # left padding: last is real
+    step_decoder: StaticDecoder | EagerDecoder = EagerDecoder(model)
+    if fast:
+        capacity = static_cache_capacity(model, input_ids_BT.shape[1], B, max_new_tokens, max_masks)
+        if decoder is None or not decoder.fits(R, capacity):
+            try:
+                decoder = StaticDecoder.allocate(model, R, capacity, cuda_graphs=cuda_graphs)
+            except UnsupportedByStaticDecoder:
+                decoder = None           # e.g. dynamic RoPE past max_position_embeddings: eager is exact
+        if decoder is not None:
+            step_decoder = decoder.start()
+    hidden = step_decoder.prefill(embeds, key_valid, position_ids)
+    last_hidden = hidden[:, -1]                                          # left padding: last is real
     timings["prefill"] = time.perf_counter() - t0
 
     rows = [_Row() for _ in range(B)]
@@ -104,7 +124,7 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = [[] for _ in range(B)] if record_logits else None
     f_hat = model.vqvae.empty_fhat(B, device=device, dtype=dtype)
     text_hidden = last_hidden                                            # (R, C) per row, for TEXT rows
-    chunk_hidden = out.last_hidden_state                                 # (R, n, C) of the last forward
+    chunk_hidden = hidden                                                # (R, n, C) of the last forward
 
     while True:
         # ---- read the logits of the last forward, decide each row's next chunk -------------------
@@ -134,13 +154,13 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
                     logits = cfg_logits(logits, uncond, cfg_scale, row.scale, K)
                 if step_logits is not None:
                     step_logits[b].append(("visual", logits.cpu()))
-                codes = logits.argmax(-1)                                         # (n,)
-                token_ids[b].extend((codes + ids["visual_offset"]).tolist())
+                codes = logits.argmax(-1)                                         # (n,), on the device
                 if raster_order:
                     _raster_step(model, row, codes)
                 else:
                     _next_scale_step(model, row, codes, f_hat, b)
                 if row.phase is Phase.TEXT:      # the mask is complete: force <ge_end>
+                    token_ids[b].extend((torch.cat(row.codes) + ids["visual_offset"]).tolist())
                     finished_masks.append(b)
                     row.chunk_ids, row.chunk_slots, row.chunk_inputs = [ids["ge_end"]], [-1], None
                     token_ids[b].append(ids["ge_end"])
@@ -154,17 +174,26 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
         # ---- one forward over every row's chunk ----------------------------------------------------
         t_step = time.perf_counter()
         in_mask = any(row.phase is Phase.MASK for row in rows)
-        chunk_embeds, chunk_valid = _embed_chunks(model, rows, use_cfg, device)
-        position_ids = next_pos[:, None] + chunk_valid.long().cumsum(1) - 1
-        key_valid = torch.cat([key_valid, chunk_valid], dim=1)
+        chunk = _chunk_inputs(model, rows, use_cfg, device, next_pos)
+        chunk_valid = chunk.valid_Rn
         next_pos = next_pos + chunk_valid.long().sum(1)
-        chunk_hidden = model.decode(chunk_embeds, key_valid, position_ids.clamp(min=0), cache=cache).last_hidden_state
+        chunk_hidden = step_decoder.step(chunk)
         last = (chunk_valid.long().sum(1) - 1).clamp(min=0)
         text_hidden = chunk_hidden[torch.arange(R, device=device), last]
         timings["mask_decode" if in_mask else "text_decode"] += time.perf_counter() - t_step
 
     return GenerationOutput(token_ids=token_ids, mask_probs=mask_probs, mask_codes=mask_codes,
-                            timings=timings, step_logits=step_logits)
+                            timings=timings, step_logits=step_logits,
+                            decoder=step_decoder if isinstance(step_decoder, StaticDecoder) else None)
+
+
+def static_cache_capacity(model: ARGenSegModel, prompt_len: int, rows: int, max_new_tokens: int,
+                          max_masks: int) -> int:
+    """Cache columns one request can fill: a row feeds at most `max_new_tokens` text columns and
+    L per mask, and a step's width is that of its widest row, so the rows' sum bounds it. Rounded
+    up so that a reused decoder fits the next, slightly longer prompt."""
+    columns = prompt_len + rows * (max_new_tokens + max_masks * model.num_slots)
+    return -(-columns // 64) * 64
 
 
 def _next_scale_step(model: ARGenSegModel, row: _Row, codes: torch.Tensor, f_hat: torch.Tensor, b: int) -> None:
@@ -216,9 +245,9 @@ def _decode_masks(model: ARGenSegModel, rows: list[_Row], finished: list[int], f
         f_hat[b].zero_()
 
 
-def _embed_chunks(model: ARGenSegModel, rows: list[_Row], use_cfg: bool,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded chunk embeddings (R, n, C) and validity (R, n); guidance rows mirror their pair."""
+def _chunk_inputs(model: ARGenSegModel, rows: list[_Row], use_cfg: bool, device: torch.device,
+                  next_pos_R: torch.Tensor) -> ChunkInputs:
+    """Right-padded chunk (R, n) of every row, positions continuing; guidance rows mirror their pair."""
     ids = model.config.token_ids
     n = max([len(r.chunk_ids) for r in rows if r.phase is not Phase.DONE] or [1])
     cvae = model.vqvae.cfg.z_channels
@@ -238,8 +267,9 @@ def _embed_chunks(model: ARGenSegModel, rows: list[_Row], use_cfg: bool,
         valid[b, :m] = True
     if use_cfg:
         input_ids, slots, inputs, valid = (torch.cat([t, t]) for t in (input_ids, slots, inputs, valid))
-    embeds = model.embed(input_ids, slot_BT=slots, slot_inputs_BTC=inputs)
-    return embeds, valid
+    position_ids = (next_pos_R[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+    return ChunkInputs(input_ids_Rn=input_ids, slot_Rn=slots, slot_inputs_RnC=inputs, valid_Rn=valid,
+                       position_ids_Rn=position_ids)
 
 
 def _stack_left_padded(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
