@@ -9,13 +9,24 @@ Two install routes put the same tree under a prefix:
   console script in ``<prefix>/lib/argenseg_ros`` that execs ``<prefix>/bin/<name>``.
   Editable installs (``pip install -e .``) get neither these launchers nor share/ (setuptools'
   editable wheels carry no data files): use ``pip install .``, as scripts/setup.sh does.
+
+Both routes also build the package's ROS interfaces (``action/Segment.action`` ->
+``argenseg_ros/action/Segment``): the ``build_interfaces`` step of ``build`` runs rosidl through
+CMake (``action/CMakeLists.txt``) into setup.py's build folder, then adds the generated Python
+modules and type-support extensions to the ``argenseg_ros`` package being built, and the shared
+libraries, interface files and headers to the data files (``lib/``, ``share/``, ``include/``).
 """
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from glob import glob
+from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Command, Distribution, find_packages, setup
+from setuptools.command.build import build
 
 PACKAGE = "argenseg_ros"
 
@@ -77,7 +88,128 @@ def _add_wheel_launchers(command):
         data_files.append((target, paths))
 
 
-cmdclass = {}
+# ROS interface folders (rosidl's convention: the folder names the kind); action/ has the CMake
+# project that generates and compiles them (rosidl_generate_interfaces).
+INTERFACE_DIRS = ("msg", "srv", "action")
+INTERFACES_CMAKE_DIR = "action"
+
+
+def _run_logged(cmd, env, log):
+    log.write("$ " + " ".join(cmd) + "\n")
+    log.flush()
+    result = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({result.returncode})")
+
+
+def _interfaces_env():
+    """CMake/ament environment: the sourced ROS (AMENT_PREFIX_PATH), else this Python's prefix.
+
+    A venv with the ros-jazzy-* wheels is a ROS prefix of its own (share/ament_index,
+    share/*/cmake); rosidl finds its type supports through AMENT_PREFIX_PATH.
+    """
+    env = dict(os.environ)
+    prefixes = [p for p in env.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    # The venv of this Python (colcon's build sets sys.prefix to the install prefix: not that one).
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    for prefix in (sys.prefix, venv):
+        if os.path.isdir(os.path.join(prefix, "share", "ament_index")) and prefix not in prefixes:
+            prefixes.append(prefix)
+    env["AMENT_PREFIX_PATH"] = os.pathsep.join(prefixes)
+    cmake_prefixes = [p for p in env.get("CMAKE_PREFIX_PATH", "").split(os.pathsep) if p]
+    env["CMAKE_PREFIX_PATH"] = os.pathsep.join(cmake_prefixes + [p for p in prefixes if p not in cmake_prefixes])
+    return env
+
+
+class BuildInterfaces(Command):
+    """Generate and compile the ROS interfaces with rosidl (CMake) and add them to the build."""
+
+    description = "build the ROS interfaces (action/*.action) with rosidl through CMake"
+    user_options = []
+
+    def initialize_options(self):
+        self.build_base = None
+        self.build_lib = None
+
+    def finalize_options(self):
+        self.set_undefined_options("build", ("build_base", "build_base"))
+        self.set_undefined_options("build_py", ("build_lib", "build_lib"))
+
+    def run(self):
+        source = Path(__file__).resolve().parent
+        if not any(glob(str(source / d / f"*.{d}")) for d in INTERFACE_DIRS):
+            return
+        work = Path(self.build_base).resolve() / "interfaces"
+        cmake_build, stage = work / "cmake", work / "stage"
+        work.mkdir(parents=True, exist_ok=True)
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            raise RuntimeError("argenseg_ros: cmake is needed to build the ROS interfaces (apt-get install cmake)")
+        log_path = work / "build.log"
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
+        print(f"argenseg_ros: building the ROS interfaces with rosidl in {cmake_build} (log: {log_path})")
+        shutil.rmtree(stage, ignore_errors=True)
+        env = _interfaces_env()
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write(f"AMENT_PREFIX_PATH={env['AMENT_PREFIX_PATH']}\nCMAKE_PREFIX_PATH={env['CMAKE_PREFIX_PATH']}\n")
+            try:
+                _run_logged([cmake, "-S", str(source / INTERFACES_CMAKE_DIR), "-B", str(cmake_build),
+                             f"-DARGENSEG_ROS_PACKAGE_DIR={source}",
+                             f"-DCMAKE_INSTALL_PREFIX={stage}",
+                             f"-DPython3_EXECUTABLE={sys.executable}",
+                             "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_TESTING=OFF"],
+                            env, log)
+                _run_logged([cmake, "--build", str(cmake_build), "--parallel", jobs], env, log)
+                _run_logged([cmake, "--install", str(cmake_build)], env, log)
+            except RuntimeError as exc:
+                log.flush()
+                sys.stderr.write(log_path.read_text(errors="replace")[-6000:])
+                raise RuntimeError(f"argenseg_ros: building the ROS interfaces failed: {exc}; "
+                                   f"full log: {log_path}") from None
+        self._take(stage)
+
+    def _take(self, stage: Path):
+        """Generated Python -> the package in build_lib; everything else -> data files."""
+        # ament_cmake_python's PYTHON_INSTALL_DIR: lib/pythonX.Y/site-packages (or dist-packages)
+        found = sorted(stage.glob(f"lib/python*/*-packages/{PACKAGE}"))
+        if len(found) != 1:
+            raise RuntimeError(f"argenseg_ros: rosidl's Python package not found once in {stage}: {found}")
+        generated = found[0]
+        site = generated.parent
+        target = Path(self.build_lib) / PACKAGE
+        for path in sorted(generated.rglob("*")):
+            rel = path.relative_to(generated)
+            # The package's own __init__.py stays; rosidl's is empty. Build sources and caches stay out.
+            if path.is_dir() or rel == Path("__init__.py") or path.suffix == ".c" or "__pycache__" in rel.parts:
+                continue
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / rel)
+        data = {}
+        for path in sorted(stage.rglob("*")):
+            rel = path.relative_to(stage)
+            if path.is_dir() or path.is_relative_to(site) or rel.parts[:1] == ("lib",) and len(rel.parts) > 2:
+                continue
+            # share/<pkg>/environment/: ament_package's hooks, unused (colcon and the venv set the paths).
+            if rel.parts[:3] == ("share", PACKAGE, "environment"):
+                continue
+            data.setdefault(str(rel.parent), []).append(str(path))
+        files = self.distribution.data_files
+        for folder, paths in sorted(data.items()):
+            files.append((folder, paths))
+
+
+class BuildWithInterfaces(build):
+    sub_commands = [("build_interfaces", None), *build.sub_commands]
+
+
+class PlatformDistribution(Distribution):
+    """The package carries compiled type-support extensions: its wheel is not pure Python."""
+
+    def has_ext_modules(self):
+        return True
+
+
+cmdclass = {"build": BuildWithInterfaces, "build_interfaces": BuildInterfaces}
 try:  # setuptools >= 70.1 ships bdist_wheel; older ones (and colcon) may not have it
     from setuptools.command.bdist_wheel import bdist_wheel
 except ImportError:  # pragma: no cover - depends on the build environment
@@ -110,4 +242,5 @@ setup(
         "console_scripts": [f"{name} = {target}" for name, target in CONSOLE_SCRIPTS.items()],
     },
     cmdclass=cmdclass,
+    distclass=PlatformDistribution,
 )

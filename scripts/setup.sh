@@ -2,7 +2,9 @@
 # One set-up command for this machine: creates .venv (if missing), installs the pinned
 # environment of requirements.txt (ROS 2 Jazzy from PyPI wheels, torch, transformers, ...) and
 # this package (`pip install .`, non-editable, which also puts the ROS executables in
-# .venv/lib/argenseg_ros/ where ros2 launch looks). Safe to run again: what is installed stays.
+# .venv/lib/argenseg_ros/ where ros2 launch looks, and builds the action type
+# argenseg_ros/action/Segment with rosidl and CMake: about 30 s, incremental in build/interfaces/
+# afterwards). Safe to run again: what is installed stays.
 #   PYTHON=python3.11  interpreter used to create the venv (default: python3)
 #   VENV=path          venv location (default: .venv in the repository)
 set -euo pipefail
@@ -53,6 +55,7 @@ pip_install --no-build-isolation --no-deps .
 import os, sys
 import rclpy, sensor_msgs.msg, std_msgs.msg, rcl_interfaces.srv, domain_coordinator  # noqa: F401
 import argenseg_ros
+from argenseg_ros.action import Segment  # noqa: F401  (built by setup.py with rosidl)
 exe = os.path.join(sys.prefix, "lib", "argenseg_ros", "segment_node")
 if not os.access(exe, os.X_OK):
     sys.exit(f"[setup] ERROR: {exe} is missing or not executable")

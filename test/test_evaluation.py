@@ -3,10 +3,12 @@
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
+from argenseg_ros.engine.mask_refinement import EdgeAwareSegmenter
 from argenseg_ros.engine.model import random_model
 from argenseg_ros.engine.segmenter import InputError, SegmentationResult, Segmenter
 from argenseg_ros.tabletop import evaluation, training
@@ -181,10 +183,10 @@ class _Oracle:
 
     name, device, dtype = "oracle", "cpu", "float32"
 
-    def __init__(self, seeds, queries_per_scene, refuse=()):
+    def __init__(self, seeds, queries_per_scene, refuse=(), randomisation=None):
         self.answers = {}
         for seed in seeds:
-            scene, queries = evaluation.split_queries(seed, queries_per_scene)
+            scene, queries = evaluation.split_queries(seed, queries_per_scene, randomisation=randomisation)
             for q in queries:
                 self.answers[(scene.image.tobytes(), q.instruction)] = q
         self.refuse = set(refuse)
@@ -213,7 +215,7 @@ def test_evaluate_with_an_oracle_scores_perfectly():
     assert report["latency"]["per_mask"]["median_ms"] == pytest.approx(11.0)
     assert report["split"] == {"first_seed": first, "num_scenes": 3, "last_seed": first + 2, "queries_per_scene": 4,
                                "width": 640, "height": 480, "held_out": True,
-                               "query_rng": report["split"]["query_rng"]}
+                               "query_rng": report["split"]["query_rng"], "randomisation": None}
     assert report["model"]["name"] == "oracle"
     json.dumps(report)
 
@@ -287,3 +289,68 @@ def test_cli_writes_json_and_markdown(tiny_segmenter, tmp_path, capsys):
 def test_cli_rejects_a_missing_model(tmp_path):
     with pytest.raises(SystemExit, match="cannot load"):
         evaluation.main(["--model", str(tmp_path / "nope"), "--scenes", "1", "--out", str(tmp_path / "r.json")])
+
+
+# ----------------------------------------------------------------------------- robustness and refinement options
+
+def test_photometric_split_keeps_the_plain_queries_and_masks():
+    seed = evaluation.HELDOUT_SEED_BASE + 5
+    plain_scene, plain = evaluation.split_queries(seed, 4)
+    photo = evaluation.RANDOMISATIONS["photometric"]
+    scene, queries = evaluation.split_queries(seed, 4, randomisation=photo)
+    assert [(q.instruction, q.reply) for q in queries] == [(q.instruction, q.reply) for q in plain]
+    for q, p in zip(queries, plain):
+        assert (q.mask is None and p.mask is None) or np.array_equal(q.mask, p.mask)
+    assert np.abs(scene.image.astype(np.int16) - plain_scene.image).mean() > 2.0   # grey levels
+    again, _ = evaluation.split_queries(seed, 4, randomisation=photo)
+    assert again.image.tobytes() == scene.image.tobytes()          # fixed per seed
+    full, _ = evaluation.split_queries(seed, 4, randomisation=evaluation.RANDOMISATIONS["full"])
+    assert full.image.tobytes() != scene.image.tobytes()
+
+
+def test_evaluate_on_the_randomised_split():
+    first = evaluation.HELDOUT_SEED_BASE
+    photo = evaluation.RANDOMISATIONS["photometric"]
+    oracle = _Oracle(range(first, first + 2), 4, randomisation=photo)
+    report = evaluate(oracle, 2, queries_per_scene=4, randomisation=photo)
+    assert report["referring"]["ciou"] == 1.0 and report["split"]["randomisation"]["log_sizes"] is False
+    assert "rendered with domain randomisation (photometric" in evaluation.markdown_report(report)
+    with pytest.raises(KeyError):   # the oracle knows randomised images only: the plain split is another one
+        evaluate(oracle, 1, queries_per_scene=4)
+
+
+class _CoarseOracle(_Oracle):
+    """The oracle's masks through a 32x32 round trip (bilinear back up): blobs, like the tokenizer's."""
+
+    def segment(self, image, instruction):
+        result = super().segment(image, instruction)
+        masks = [cv2.resize(cv2.resize(m.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA), (640, 480),
+                            interpolation=cv2.INTER_LINEAR) > 0.5 for m in result.masks]
+        return SegmentationResult(result.reply, masks, result.timings)
+
+
+def test_guided_upsampling_recovers_edges_of_coarse_masks():
+    first = evaluation.HELDOUT_SEED_BASE
+    coarse = _CoarseOracle(range(first, first + 4), 4)
+    plain = evaluate(coarse, 4, queries_per_scene=4, warmup=False)
+    guided = evaluate(EdgeAwareSegmenter(coarse), 4, queries_per_scene=4, warmup=False)
+    assert plain["referring"]["n"] == guided["referring"]["n"] > 5
+    assert plain["referring"]["giou"] < 0.92                                # 0.894 when written
+    assert guided["referring"]["giou"] > plain["referring"]["giou"] + 0.04  # 0.960
+    assert guided["referring"]["ciou"] > plain["referring"]["ciou"]
+    assert guided["model"]["name"] == "oracle+guided"
+    assert "refine" in guided["latency"]["per_mask"]["stage_median_ms"]
+
+
+def test_cli_randomised_and_guided(tiny_segmenter, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_segmenter.model.save_pretrained(model_dir, tiny_segmenter.tokenizer)
+    out = tmp_path / "report.json"
+    threads = torch.get_num_threads()
+    try:
+        assert evaluation.main(["--model", str(model_dir), "--scenes", "1", "--queries-per-scene", "2", "--threads",
+                                "1", "--out", str(out), "--randomise", "full", "--guided-upsampling"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report["split"]["randomisation"]["log_sizes"] is True and report["model"]["name"].endswith("+guided")

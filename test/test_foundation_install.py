@@ -4,6 +4,10 @@
 - colcon: `colcon build` of the same copy in a temp workspace (the ROS user's route)
 - venv: what scripts/setup.sh installed in this venv
 
+Each route also builds the action type argenseg_ros/action/Segment (setup.py runs rosidl through
+action/CMakeLists.txt): its files are part of the layout, and a goal/feedback/result/cancel round
+trip runs between two processes from each fresh install alone (segment_action_probe.py).
+
 The copy holds what a fresh clone holds (git's tracked and not-ignored files), plus probe files under
 argenseg_ros/models/ to check that model weights and tokenizer files are installed with the package.
 """
@@ -21,6 +25,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import segment_action_probe
 from conftest import PACKAGE, REPO_ROOT, get_parameters, package_executable, ros_env, wait_for_node
 
 PROBE_FILES = [
@@ -131,6 +136,16 @@ def test_installed_tree_layout(installed):
     assert (site / PACKAGE / "__init__.py").is_file()
     assert (site / PACKAGE / "nodes" / "segment_node.py").is_file()
     assert (site / PACKAGE / "engine" / "segmenter.py").is_file()
+    # The action type: interface files, generated Python and type-support extensions, libraries.
+    assert filecmp.cmp(share / "action" / "Segment.action", REPO_ROOT / "action" / "Segment.action",
+                       shallow=False), "action/Segment.action" + hint
+    index = prefix / "share/ament_index/resource_index/rosidl_interfaces" / PACKAGE
+    assert index.is_file() and "action/Segment.action" in index.read_text().split(), "rosidl_interfaces index" + hint
+    assert (site / PACKAGE / "action" / "_segment.py").is_file(), "generated argenseg_ros.action" + hint
+    for support in ("c", "fastrtps_c", "introspection_c"):
+        assert list((site / PACKAGE).glob(f"{PACKAGE}_s__rosidl_typesupport_{support}*.so")), support + hint
+        assert (prefix / "lib" / f"lib{PACKAGE}__rosidl_typesupport_{support}.so").is_file(), support + hint
+    assert (prefix / "lib" / f"lib{PACKAGE}__rosidl_generator_py.so").is_file(), "generator_py" + hint
     scripts = _console_scripts(site)
     assert "segment_node" in scripts
     for name in scripts:
@@ -167,3 +182,35 @@ def test_installed_node_runs_from_its_tree(fresh_install, start_ros_executable, 
     assert get_parameters(test_node, "/argenseg", ["max_rate_hz", "reliability"]) == {
         "max_rate_hz": 5.0, "reliability": "best_effort"}
     assert proc.stop(signal.SIGINT, timeout=10) == 0, proc.output()
+
+
+def _installed_python(route: str, prefix: Path) -> tuple[list[str], dict[str, str]]:
+    """Command prefix and environment that run Python with only ``prefix``'s install of the package.
+
+    colcon: the install's setup.sh, as a ROS user sources it (PYTHONPATH, LD_LIBRARY_PATH from the
+    colcon-library-path hook, AMENT_PREFIX_PATH). pip: those three set by hand to the prefix (a pip
+    prefix has no setup script; a venv's own lib/ is on LD_LIBRARY_PATH through the ROS wheels).
+    """
+    if route == "colcon":
+        env = ros_env(PYTHONPATH="", AMENT_PREFIX_PATH="")
+        env.pop("COLCON_PREFIX_PATH", None)
+        setup_sh = prefix.parent / "setup.sh"
+        assert setup_sh.is_file(), f"{setup_sh} missing"
+        return ["sh", "-c", f'. "{setup_sh}" && exec "$0" "$@"', sys.executable], env
+    libs = os.pathsep.join(p for p in (str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    env = ros_env(PYTHONPATH=str(_site_packages(prefix)), AMENT_PREFIX_PATH=str(prefix), LD_LIBRARY_PATH=libs)
+    return [sys.executable], env
+
+
+def test_action_round_trip_from_the_install(fresh_install, tmp_path):
+    route, prefix = fresh_install
+    command, env = _installed_python(route, prefix)
+    out = segment_action_probe.round_trip(command, env, tmp_path, f"/probe_{route}_{os.getpid()}")
+    site = _site_packages(prefix)
+    for side in (out["server"], out["client"]["where"]):
+        for key in ("argenseg_ros", "action", "typesupport"):
+            assert Path(side[key]).is_relative_to(site / PACKAGE), f"{route}: {key} from {side[key]}"
+        # rmw loads the type supports by library name: they must come from this install's lib/.
+        assert side["libraries"], side
+        assert all(Path(p).parent == prefix / "lib" for p in side["libraries"]), f"{route}: {side['libraries']}"
+    assert out["client"]["tracking"]["frames_seen"] >= 3

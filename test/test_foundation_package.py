@@ -28,11 +28,16 @@ def test_package_xml_is_format3_ament_python_with_its_dependencies():
     assert root.tag == "package" and root.get("format") == "3"
     assert root.findtext("name") == PACKAGE
     assert root.findtext("export/build_type") == "ament_python"
-    exec_depends = {e.text for e in root.iter("exec_depend")}
+    exec_depends = {e.text for tag in ("exec_depend", "depend") for e in root.iter(tag)}
     required = {"rclpy", "sensor_msgs", "std_msgs", "geometry_msgs", "std_srvs", "diagnostic_msgs",
                 "cv_bridge", "launch_ros", "python3-torch", "python3-numpy", "python3-opencv",
-                "python3-pil", "python3-yaml"}
+                "python3-pil", "python3-yaml", "action_msgs", "rosidl_default_runtime"}
     assert required <= exec_depends, required - exec_depends
+    # The action type (action/Segment.action) is generated at build time by rosidl.
+    build_depends = {e.text for tag in ("buildtool_depend", "build_depend", "depend") for e in root.iter(tag)}
+    assert {"rosidl_default_generators", "ament_cmake", "sensor_msgs", "std_msgs", "geometry_msgs",
+            "action_msgs"} <= build_depends
+    assert "rosidl_interface_packages" in {e.text for e in root.iter("member_of_group")}
 
 
 def test_versions_agree():

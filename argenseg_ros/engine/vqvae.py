@@ -159,16 +159,17 @@ class VQVAEConfig:
 
 
 def phi_indices(num_scales: int, num_phi: int) -> tuple[int, ...]:
-    """Which shared phi conv each scale uses: the one whose tick in
-    linspace(1/(3*num_phi), 1 - 1/(3*num_phi), num_phi) is nearest to k/(K-1).
+    """Which phi conv each of `num_scales` scales uses, as VAR picks it: the conv whose tick is
+    nearest to k/(K-1), ticks = linspace(1/(3n), 1 - 1/(3n), n) for n == 4 convs and
+    linspace(1/(2n), 1 - 1/(2n), n) for any other n.
 
     Evaluated in float64 exactly like VAR's numpy code (arange * step + start, last tick = stop,
     first index wins a tie) because for K=10 and 4 convs scales 2 and 7 sit on exact mathematical
-    ties that only rounding resolves: the result is (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)."""
-    if num_phi == 1:
-        return (0,) * num_scales
-    start, stop = 1.0 / 3 / num_phi, 1.0 - 1.0 / 3 / num_phi
-    step = (stop - start) / (num_phi - 1)
+    ties that only rounding resolves: the result is (0, 0, 1, 1, 1, 2, 2, 3, 3, 3). VAR itself cannot
+    run a single scale (it divides by K-1); here that scale takes conv 0."""
+    third_or_half = 3 if num_phi == 4 else 2
+    start, stop = 1.0 / third_or_half / num_phi, 1.0 - 1.0 / third_or_half / num_phi
+    step = (stop - start) / (num_phi - 1) if num_phi > 1 else 0.0
     ticks = [i * step + start for i in range(num_phi)]
     ticks[-1] = stop
     out = []
@@ -347,16 +348,34 @@ class Phi(nn.Conv2d):
         return h.mul(1 - self.resi_ratio) + super().forward(h).mul_(self.resi_ratio)
 
 
-class PhiShared(nn.Module):
-    """`num_phi` convs shared across the K scales; `self[k]` is the conv for scale k."""
+PHI_IDENTITY_BELOW = 1e-6   # VAR: |quant_resi| <= 1e-6 means phi is the identity (no conv, no keys)
 
-    def __init__(self, c: int, resi_ratio: float, num_phi: int, num_scales: int):
+
+class PhiConvs(nn.Module):
+    """The phi convs of the K scales, stored under VAR's keys for each `share_quant_resi`:
+    0 -> one per scale, `{i}.*`; 1 -> one for all, `qresi.*`; n >= 2 -> n shared, `qresi_ls.{i}.*`.
+    `self[k]` is the module of scale k (VAR's tick rule, `phi_indices`)."""
+
+    def __init__(self, c: int, resi_ratio: float, share_quant_resi: int, num_scales: int):
         super().__init__()
-        self.qresi_ls = nn.ModuleList(Phi(c, resi_ratio) for _ in range(num_phi))
-        self.scale_to_phi = phi_indices(num_scales, num_phi)
 
-    def __getitem__(self, k: int) -> Phi:
-        return self.qresi_ls[self.scale_to_phi[k]]
+        def make() -> nn.Module:
+            return Phi(c, resi_ratio) if abs(resi_ratio) > PHI_IDENTITY_BELOW else nn.Identity()
+
+        if share_quant_resi == 0:
+            for i in range(num_scales):
+                self.add_module(str(i), make())
+            self._convs: list[nn.Module] = [getattr(self, str(i)) for i in range(num_scales)]
+        elif share_quant_resi == 1:
+            self.qresi = make()
+            self._convs = [self.qresi]
+        else:
+            self.qresi_ls = nn.ModuleList(make() for _ in range(share_quant_resi))
+            self._convs = list(self.qresi_ls)
+        self.scale_to_phi = phi_indices(num_scales, len(self._convs))
+
+    def __getitem__(self, k: int) -> nn.Module:
+        return self._convs[self.scale_to_phi[k]]
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -367,7 +386,7 @@ class MultiScaleQuantizer(nn.Module):
         self.c = cfg.z_channels
         self.latent_size = cfg.latent_size
         self.beta = cfg.beta
-        self.quant_resi = PhiShared(cfg.z_channels, cfg.quant_resi, cfg.num_phi, cfg.num_scales)
+        self.quant_resi = PhiConvs(cfg.z_channels, cfg.quant_resi, cfg.share_quant_resi, cfg.num_scales)
         # EMA of per-scale code hits (kept for VAR checkpoint compatibility and usage monitoring)
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(cfg.num_scales, cfg.vocab_size))
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)

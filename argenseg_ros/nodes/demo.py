@@ -7,7 +7,10 @@ referent and a question; in the first scene also a tracking command (``track ...
 ``--track-seconds``, then ``stop``. Every answer is checked against the scene's ground truth
 (``/demo_camera/ground_truth``; IoU of the mask with the referent's visible mask), the overlays
 and masks are saved as PNGs, and everything goes to ``<out>/replies.jsonl`` and
-``<out>/summary.json``; a table is printed.
+``<out>/summary.json``; a table is printed. When the node publishes 3D outputs (scripts/demo.sh
+starts it with the camera's depth topics), each referring answer also gets the node's 3D centroid
+and its distance to the ground truth's (``centroid_3d`` of the scene description), and the first
+one's point cloud is saved as a picture (``NN_<instruction>_cloud.png``, front and side views).
 
 Exit status: 0 when every command got an answer (a reply, and the mask for mask replies), 1
 otherwise (timeouts, ``error:`` replies), 3 when the nodes are not up within ``--ready-timeout``.
@@ -26,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cloud_picture import render_cloud
+from .demo_3d import Depth3DRecorder, centroid_error_mm
 from .send_command import (
     CommandClient,
     NodeNotFound,
@@ -123,6 +128,9 @@ class Outcome:
     answered: bool = False          # a reply (and its mask) came
     overlay_png: str | None = None
     mask_png: str | None = None
+    centroid_3d: list[float] | None = None   # metres, the depth image's optical frame
+    error_3d_mm: float | None = None         # to the ground truth's centroid_3d
+    cloud_png: str | None = None
     note: str = ""
     tracking: dict = field(default_factory=dict)
 
@@ -143,6 +151,8 @@ class Demo:
         node.create_subscription(String, f"{self.camera}/scene", self._on_scene, latched)
         node.create_subscription(Image, f"{self.camera}/ground_truth", self._on_truth, latched)
         self.client = CommandClient(node, args.node, want_overlay=True)
+        self.depth3d = Depth3DRecorder(node, args.node)
+        self._cloud_saved = False
         self.outcomes: list[Outcome] = []
 
     # -- camera -----------------------------------------------------------------------------
@@ -221,6 +231,7 @@ class Demo:
 
     def run_command(self, index: int, cmd: dict, scene: SceneRecord) -> Outcome:
         o = Outcome(index, scene.seed, cmd["kind"], cmd["instruction"], cmd["reply"])
+        sent = time.perf_counter()
         try:
             res = self._send(cmd["instruction"], scene)
         except ReplyTimeout as exc:
@@ -247,11 +258,30 @@ class Demo:
             if res.mask is not None and truth is not None:
                 o.iou = round(iou(self._fit(res.mask, truth), truth), 3)
             o.ok = p.has_mask and o.iou is not None and o.iou >= 0.5
+            if p.has_mask and cmd["kind"] == "referring" and self.depth3d.active():
+                self._record_3d(o, cmd, at if at.seed == scene.seed else None, p.stamp, sent, name)
         else:
             o.ok = p.text == cmd["reply"]
         if cmd["kind"] == "track":
             o.tracking = self.follow_tracking(cmd, res, scene)
         return o
+
+    def _record_3d(self, o: Outcome, cmd: dict, at: SceneRecord | None, stamp, sent: float,
+                   name: str) -> None:
+        """The node's 3D centroid of the answer, its error, and (once) a picture of the cloud."""
+        found = self.depth3d.wait(stamp, sent, self.client.spin_until, 3.0) if stamp else None
+        if found is None:
+            o.note = (o.note + "; " if o.note else "") + "no 3D result"
+            return
+        o.centroid_3d = [round(c, 4) for c in found.centroid]
+        truth = at.desc["objects"][cmd["target_label"] - 1].get("centroid_3d") if at else None
+        if truth is not None:
+            o.error_3d_mm = centroid_error_mm(found.centroid, truth)
+        if not self._cloud_saved and len(found.points):
+            picture = render_cloud(found.points, found.centroid, found.box_min, found.box_max,
+                                   cmd["instruction"])
+            o.cloud_png = str(save_png(self.out / f"{name}_cloud.png", picture).name)
+            self._cloud_saved = True
 
     @staticmethod
     def _fit(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -378,6 +408,7 @@ class Demo:
             "latency_ms_median": round(float(np.median(lat)), 1) if lat else None,
             "latency_ms_max": round(float(np.max(lat)), 1) if lat else None,
             "mean_iou_referring": _mean([o.iou for o in self.outcomes if o.kind == "referring"]),
+            "median_error_3d_mm": _median([o.error_3d_mm for o in self.outcomes]),
             "tracking": next((o.tracking for o in self.outcomes if o.tracking), None),
             "output_dir": str(self.out),
         }
@@ -388,25 +419,43 @@ class Demo:
             print(f"tracking: {tr['masks']} masks in {tr['seconds']} s = {tr['rate_hz']} Hz "
                   f"({tr['distinct_frames']} distinct frames, mean IoU {tr['mean_iou']}), "
                   f"stop -> {tr['stop_reply']!r}, masks after stop: {tr['masks_after_stop']}")
+        if summary["median_error_3d_mm"] is not None:
+            clouds = [o.cloud_png for o in self.outcomes if o.cloud_png]
+            print(f"3D: {sum(o.centroid_3d is not None for o in self.outcomes)} centroids, median "
+                  f"{summary['median_error_3d_mm']} mm from the ground truth's"
+                  + (f"; cloud picture {clouds[0]}" if clouds else ""))
         print(f"{summary['answered']}/{summary['commands']} answered, {summary['correct']} correct, "
               f"median latency {summary['latency_ms_median']} ms; overlays, masks, replies.jsonl "
               f"and summary.json in {self.out}")
         return 0 if summary["answered"] == summary["commands"] else 1
 
     def table(self) -> str:
-        head = ("#", "seed", "kind", "instruction", "reply", "expected", "frame", "latency", "IoU", "ok")
+        head = ("#", "seed", "kind", "instruction", "reply", "expected", "frame", "latency", "IoU", "ok",
+                "3D centroid m (error)")
         rows = []
         for o in self.outcomes:
             lat = o.mask_latency_ms if o.mask_latency_ms is not None else o.reply_latency_ms
             rows.append((str(o.index), str(o.scene_seed), o.kind, o.instruction, o.text or o.note[:30] or "-",
                          o.expected, o.frame_stamp, "-" if lat is None else f"{lat:.0f} ms",
                          "-" if o.iou is None else f"{o.iou:.2f}",
-                         "yes" if o.ok else "no"))
+                         "yes" if o.ok else "no", _centroid_text(o)))
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
         lines += [fmt.format(*r) for r in rows]
         return "\n".join(lines)
+
+
+def _centroid_text(o: Outcome) -> str:
+    if o.centroid_3d is None:
+        return "-"
+    xyz = " ".join(f"{c:+.3f}" for c in o.centroid_3d)
+    return xyz + ("" if o.error_3d_mm is None else f" ({o.error_3d_mm:.1f} mm)")
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.median(values)), 1) if values else None
 
 
 def _mean(values) -> float | None:

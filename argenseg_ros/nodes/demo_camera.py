@@ -20,12 +20,23 @@ Publishes, with the default node name ``demo_camera``:
   label image of the scene, pixel = object label (index in ``objects`` + 1), 0 = table. Its
   header stamp is the scene's ``start_stamp``: the first frame of the scene carries that stamp,
   and every later frame up to the next scene's ``start_stamp`` shows the same scene.
+* ``depth/image_raw`` (``sensor_msgs/Image``, sensor-data QoS, with ``publish_depth``): the
+  scene's depth image aligned to the colour frame (``argenseg_ros.tabletop.depth``: a tilted
+  pinhole camera over the table plane, objects as solids under their silhouettes), 16UC1
+  millimetres or 32FC1 metres (``depth_encoding``), ``depth_width`` x ``depth_height`` (0 = the
+  colour size); same stamp and ``frame_id`` as the colour frame it belongs to.
+* ``depth/camera_info`` (``sensor_msgs/CameraInfo``, sensor-data QoS): the depth image's pinhole
+  model (no distortion), same header. The scene description's objects then also carry
+  ``centroid_3d``: the robust 3D centroid (metres, optical frame) of the ground-truth mask on that
+  depth image, what the segment node's ``~/centroid_3d`` gives for a perfect mask.
 
 Parameters (all read-only except ``seed``, validated at start): ``rate_hz`` (30.0), ``width``
 (640), ``height`` (480), ``seed`` (first scene's seed; default 2_000_000_000 =
 ``training.HELDOUT_SEED_BASE``, scenes the shipped model never trained on; setting it at run time
 switches to that scene at once), ``scene_period_s`` (5.0; the next seed every that many seconds,
-0 = keep one scene), ``frame_id`` ("camera_color_optical_frame"), ``encoding`` (rgb8 | bgr8).
+0 = keep one scene), ``frame_id`` ("camera_color_optical_frame"), ``encoding`` (rgb8 | bgr8),
+``publish_depth`` (true), ``depth_encoding`` (16UC1 | 32FC1), ``depth_width``/``depth_height``
+(0 = the colour frame's size; set both or neither).
 """
 
 from __future__ import annotations
@@ -47,11 +58,15 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from argenseg_ros.geometry.depth import DEPTH_ENCODINGS, decode_depth, encode_depth
+from argenseg_ros.geometry.object_points import object_points
+from argenseg_ros.tabletop import depth as tabletop_depth
 from argenseg_ros.tabletop import world as tabletop
 
+from .depth_conversion import intrinsics_to_camera_info, metres_to_depth_msg
 from .node_support import ParameterSpec, declare_checked, refuse_bad_changes, spin_until_shutdown
 
 NODE_NAME = "demo_camera"
@@ -72,6 +87,10 @@ def _check_frame_id(name: str, value: str) -> str | None:
     return f"{name} must not be empty" if not value.strip() else None
 
 
+def _check_depth_side(name: str, value: int) -> str | None:
+    return f"{name} must be 0 (the colour size) or 16..4096, got {value}" if 0 < value < 16 else None
+
+
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # Only the seed changes at run time (it switches the scene); the rest need a restart.
     ParameterSpec("rate_hz", 30.0, "frames per second", float_range=(0.1, 240.0), read_only=True),
@@ -85,6 +104,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("frame_id", "camera_color_optical_frame", "header.frame_id of the frames",
                   read_only=True, validator=_check_frame_id),
     ParameterSpec("encoding", "rgb8", "image encoding", choices=ENCODINGS, read_only=True),
+    ParameterSpec("publish_depth", True, "also publish the aligned depth image and its camera info",
+                  read_only=True),
+    ParameterSpec("depth_encoding", "16UC1", "depth encoding: 16UC1 millimetres or 32FC1 metres",
+                  choices=DEPTH_ENCODINGS, read_only=True),
+    ParameterSpec("depth_width", 0, "depth image width; 0 = the colour width", int_range=(0, 4096),
+                  read_only=True, validator=_check_depth_side),
+    ParameterSpec("depth_height", 0, "depth image height; 0 = the colour height", int_range=(0, 4096),
+                  read_only=True, validator=_check_depth_side),
 )
 
 
@@ -119,9 +146,15 @@ def scene_queries(scene: tabletop.Scene) -> list[tabletop.Query]:
     return referring + pick_absent + pick_q
 
 
+def depth_centroids(scene: tabletop.Scene, depth_m: np.ndarray, intrinsics) -> list[list[float]]:
+    """Each object's robust 3D centroid (m, rounded to 0.1 mm) from its ground-truth mask."""
+    return [[round(c, 4) for c in object_points(o.mask, depth_m, intrinsics).centroid]
+            for o in scene.objects]
+
+
 def scene_description(scene: tabletop.Scene, scene_index: int, frame_id: str,
-                      start_stamp: Time) -> dict:
-    return {
+                      start_stamp: Time, centroids_3d: list[list[float]] | None = None) -> dict:
+    description = {
         "seed": scene.seed,
         "scene_index": scene_index,
         "width": scene.width,
@@ -139,6 +172,10 @@ def scene_description(scene: tabletop.Scene, scene_index: int, frame_id: str,
             for q in scene_queries(scene)
         ],
     }
+    if centroids_3d is not None:
+        for obj, centroid in zip(description["objects"], centroids_3d, strict=True):
+            obj["centroid_3d"] = centroid
+    return description
 
 
 class DemoCamera(Node):
@@ -152,6 +189,15 @@ class DemoCamera(Node):
         self.scene_period_s = float(value("scene_period_s").value)
         self.frame_id = str(value("frame_id").value)
         self.encoding = str(value("encoding").value)
+        self.publish_depth = bool(value("publish_depth").value)
+        self.depth_encoding = str(value("depth_encoding").value)
+        depth_size = (int(value("depth_width").value), int(value("depth_height").value))
+        if (depth_size[0] == 0) != (depth_size[1] == 0):
+            raise ValueError(f"depth_width and depth_height must both be 0 or both be set, got "
+                             f"{depth_size[0]}x{depth_size[1]}")
+        self.depth_width, self.depth_height = depth_size if depth_size[0] else (self.width, self.height)
+        self._depth_frame = array.array("B")
+        self._depth_info = CameraInfo()
         self._next_seed: int | None = int(value("seed").value)  # render this seed at the next tick
         self._seed = self._next_seed
         self._scene_index = -1
@@ -163,10 +209,16 @@ class DemoCamera(Node):
         self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
         self.scene_pub = self.create_publisher(String, "~/scene", LATCHED_QOS)
         self.truth_pub = self.create_publisher(Image, "~/ground_truth", LATCHED_QOS)
+        if self.publish_depth:
+            self.depth_pub = self.create_publisher(Image, "depth/image_raw", qos_profile_sensor_data)
+            self.depth_info_pub = self.create_publisher(CameraInfo, "depth/camera_info",
+                                                        qos_profile_sensor_data)
         self.timer = self.create_timer(1.0 / self.rate_hz, self._tick)
         self.get_logger().info(
             f"ready: {self.width}x{self.height} {self.encoding} at {self.rate_hz:g} Hz, seed "
-            f"{self._seed}, scene_period_s {self.scene_period_s:g}, frame_id {self.frame_id}")
+            f"{self._seed}, scene_period_s {self.scene_period_s:g}, frame_id {self.frame_id}"
+            + (f", depth {self.depth_width}x{self.depth_height} {self.depth_encoding}"
+               if self.publish_depth else ", no depth"))
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         result = refuse_bad_changes(self._params, params)
@@ -189,11 +241,22 @@ class DemoCamera(Node):
         truth.header.stamp, truth.header.frame_id = stamp, self.frame_id
         truth.data = array.array("B", label_image(scene).tobytes())
         self.truth_pub.publish(truth)
-        description = scene_description(scene, self._scene_index, self.frame_id, stamp)
+        centroids_3d = self._start_depth(scene) if self.publish_depth else None
+        description = scene_description(scene, self._scene_index, self.frame_id, stamp, centroids_3d)
         self.scene_pub.publish(String(data=json.dumps(description)))
         self.get_logger().info(
             f"scene {self._scene_index}: seed {seed}, "
             + ", ".join(f"{o.colour} {o.kind}" for o in scene.objects))
+
+    def _start_depth(self, scene: tabletop.Scene) -> list[list[float]]:
+        """Render the scene's depth once (frames of a scene are identical); its objects' centroids."""
+        depth = tabletop_depth.render_depth(scene, self.depth_width, self.depth_height)
+        template = metres_to_depth_msg(depth.depth_m, self.depth_encoding)
+        self._depth_frame = template.data
+        self._depth_info = intrinsics_to_camera_info(depth.intrinsics)
+        # The centroids of what subscribers receive (16UC1 is rounded to millimetres).
+        received = decode_depth(encode_depth(depth.depth_m, self.depth_encoding), self.depth_encoding)
+        return depth_centroids(scene, received, depth.intrinsics)
 
     def _tick(self) -> None:
         stamp = self.get_clock().now().to_msg()
@@ -208,7 +271,18 @@ class DemoCamera(Node):
         msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
         msg.data = self._frame  # the same buffer every frame: array.array is assigned, not copied
         self.image_pub.publish(msg)
+        if self.publish_depth:
+            self._publish_depth(msg.header)
         self.frames_published += 1
+
+    def _publish_depth(self, header) -> None:
+        itemsize = 2 if self.depth_encoding == "16UC1" else 4
+        depth = Image(header=header, height=self.depth_height, width=self.depth_width,
+                      encoding=self.depth_encoding, is_bigendian=0, step=self.depth_width * itemsize)
+        depth.data = self._depth_frame
+        self.depth_pub.publish(depth)
+        self._depth_info.header = header
+        self.depth_info_pub.publish(self._depth_info)
 
 
 def main(args=None) -> int:

@@ -11,7 +11,12 @@ Decoding (messages in, ``(H, W, 3)`` uint8 RGB out):
 
 Every problem raises ``ValueError`` with a message that names it (meant to be shown to the user
 as is): unsupported encoding, zero size, sides above :data:`MAX_SIDE`, ``step`` too small, data
-length not matching ``step * height``, undecodable compressed data.
+length not matching ``step * height``, undecodable compressed data. Message fields quoted back
+(``encoding``, ``format``) are cut to a bound (:func:`argenseg_ros.nodes.replies.echo`).
+
+Admission before any decoding: :func:`frame_size` reads a frame's size from the ``Image`` fields or
+the JPEG/PNG header, and :func:`frame_size_problem` says why a size is refused (zero, below
+:data:`MIN_MODEL_SIDE`, above :data:`MAX_SIDE`, more pixels than allowed).
 
 Encoding (numpy in, messages out): :func:`rgb_to_image_msg` (any of the encodings above, optional
 row padding), :func:`mask_to_image_msg` (bool mask -> ``mono8`` 0/255), :func:`rgb_to_compressed_msg`
@@ -29,6 +34,8 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from .replies import echo
+
 # encoding -> (channels, bytes per channel)
 ENCODINGS: dict[str, tuple[int, int]] = {
     "rgb8": (3, 1),
@@ -42,6 +49,7 @@ SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(ENCODINGS)
 COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
 MAX_SIDE = 8192          # the Segmenter refuses larger frames as well
 MIN_SIDE = 1
+MIN_MODEL_SIDE = 8       # the Segmenter's MIN_IMAGE_SIDE: smaller frames cannot be segmented
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,7 +75,7 @@ def image_msg_to_rgb(msg: Image) -> np.ndarray:
     """``sensor_msgs/Image`` -> new contiguous ``(H, W, 3)`` uint8 RGB array."""
     encoding = (msg.encoding or "").strip().lower()
     if encoding not in ENCODINGS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} "
+        raise ValueError(f"unsupported image encoding {echo(msg.encoding)} "
                          f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
     width, height, step = int(msg.width), int(msg.height), int(msg.step)
     _check_size(width, height)
@@ -134,14 +142,14 @@ def compressed_format(data) -> str | None:
     return None
 
 
-def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> ``(H, W, 3)`` uint8 RGB array."""
+def compressed_size(msg: CompressedImage) -> tuple[str, int, int]:
+    """(``'jpeg'`` or ``'png'``, width, height) from the data's header, without decoding it."""
     buf = _buffer(msg.data)
     if len(buf) == 0:
-        raise ValueError(f"compressed image is empty (format {msg.format!r})")
+        raise ValueError(f"compressed image is empty (format {echo(msg.format)})")
     kind = compressed_format(buf)
     if kind is None:
-        raise ValueError(f"compressed image (format {msg.format!r}) is neither JPEG nor PNG data "
+        raise ValueError(f"compressed image (format {echo(msg.format)}) is neither JPEG nor PNG data "
                          f"(supported: {', '.join(COMPRESSED_FORMATS)})")
     if kind == "png":
         if len(buf) < 24:
@@ -152,7 +160,36 @@ def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
         if size is None:
             raise ValueError("compressed image: JPEG data has no readable frame header")
         width, height = size
+    return kind, width, height
+
+
+def frame_size(msg: Image | CompressedImage) -> tuple[int, int, str]:
+    """(width, height, what) of a frame, from the ``Image`` fields or the compressed data's header."""
+    if isinstance(msg, CompressedImage):
+        kind, width, height = compressed_size(msg)
+        return width, height, f"compressed {kind} image"
+    return int(msg.width), int(msg.height), "image"
+
+
+def frame_size_problem(width: int, height: int, max_pixels: int, what: str = "image") -> str | None:
+    """Why a frame of this size is refused before decoding (the node's admission check), or None."""
+    try:
+        _check_size(width, height, what)
+    except ValueError as exc:
+        return str(exc)
+    if min(width, height) < MIN_MODEL_SIDE:
+        return f"{what} is {width}x{height}: both sides must be at least {MIN_MODEL_SIDE} px"
+    if width * height > max_pixels:
+        return (f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+                f"(parameter max_frame_pixels)")
+    return None
+
+
+def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> ``(H, W, 3)`` uint8 RGB array."""
+    kind, width, height = compressed_size(msg)
     _check_size(width, height, f"compressed {kind} image")
+    buf = _buffer(msg.data)
     decoded = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ValueError(f"compressed image: {kind.upper()} data could not be decoded (corrupt or truncated)")

@@ -40,12 +40,15 @@ class ParameterSpec:
     int_range: tuple[int, int] | None = None
     read_only: bool = False
     validator: Callable[[str, object], str | None] | None = None
+    constraints: str = ""     # what ``validator`` checks, in words (shown by ``ros2 param describe``)
 
     def descriptor(self) -> ParameterDescriptor:
         desc = ParameterDescriptor(name=self.name, type=_TYPES[type(self.default)],
                                    description=self.description, read_only=self.read_only)
         if self.choices:
             desc.additional_constraints = "one of: " + ", ".join(self.choices)
+        if self.constraints:
+            desc.additional_constraints = self.constraints
         if self.float_range is not None:
             low, high = self.float_range
             desc.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]

@@ -38,7 +38,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ import numpy as np
 from argenseg_ros.engine.segmenter import InputError, SegmentationResult
 
 from . import world as tabletop
+from .randomisation import FULL as FULL_RANDOMISATION
+from .randomisation import Randomisation
 from .training import HELDOUT_SEED_BASE, TRAIN_SEED_LIMIT
 
 DEFAULT_QUERIES_PER_SCENE = 4
@@ -248,10 +250,18 @@ class Accumulator:
         }
 
 
-def split_queries(seed: int, queries_per_scene: int, width: int = 640,
-                  height: int = 480) -> tuple[tabletop.Scene, list[tabletop.Query]]:
-    """The scene and queries of one held-out seed (see the module docstring)."""
-    scene = tabletop.render_scene(seed, width, height)
+#: ``--randomise`` choices: the robustness check renders the same held-out seeds another way.
+#: "photometric" keeps every scene's layout, so its queries and masks are those of the plain split
+#: and the two reports compare query for query; "full" also draws sizes log-uniformly (other scenes).
+RANDOMISATIONS: dict[str, Randomisation | None] = {"none": None, "photometric": FULL_RANDOMISATION.photometric(),
+                                                    "full": FULL_RANDOMISATION}
+
+
+def split_queries(seed: int, queries_per_scene: int, width: int = 640, height: int = 480,
+                  randomisation: Randomisation | None = None) -> tuple[tabletop.Scene, list[tabletop.Query]]:
+    """The scene and queries of one held-out seed (see the module docstring), optionally rendered
+    with domain randomisation (an independent-looking rendering of the same world)."""
+    scene = tabletop.render_scene(seed, width, height, randomisation=randomisation)
     return scene, tabletop.sample_queries(scene, np.random.default_rng(seed), queries_per_scene)
 
 
@@ -280,7 +290,7 @@ def _model_info(segmenter: Any) -> dict[str, Any]:
 def evaluate(segmenter: Any, num_scenes: int, first_seed: int = HELDOUT_SEED_BASE,
              queries_per_scene: int = DEFAULT_QUERIES_PER_SCENE, width: int = 640, height: int = 480,
              progress: Callable[[int, int, Accumulator], None] | None = None, warmup: bool = True,
-             keep_samples: bool = True) -> dict[str, Any]:
+             keep_samples: bool = True, randomisation: Randomisation | None = None) -> dict[str, Any]:
     """Evaluate ``segmenter`` (anything with ``segment(image, instruction)``) on the split.
 
     Returns a JSON-able report: ``split``, ``model``, ``machine``, ``date``, ``wall_s``, the
@@ -295,7 +305,7 @@ def evaluate(segmenter: Any, num_scenes: int, first_seed: int = HELDOUT_SEED_BAS
     t0 = time.perf_counter()
     for i in range(num_scenes):
         seed = first_seed + i
-        scene, queries = split_queries(seed, queries_per_scene, width, height)
+        scene, queries = split_queries(seed, queries_per_scene, width, height, randomisation)
         if warmup and i == 0:
             try:
                 segmenter.segment(scene.image, queries[0].instruction)
@@ -313,7 +323,8 @@ def evaluate(segmenter: Any, num_scenes: int, first_seed: int = HELDOUT_SEED_BAS
         "split": {"first_seed": first_seed, "num_scenes": num_scenes, "last_seed": first_seed + num_scenes - 1,
                   "queries_per_scene": queries_per_scene, "width": width, "height": height,
                   "held_out": first_seed >= TRAIN_SEED_LIMIT,
-                  "query_rng": "sample_queries(render_scene(seed), np.random.default_rng(seed), queries_per_scene)"},
+                  "query_rng": "sample_queries(render_scene(seed), np.random.default_rng(seed), queries_per_scene)",
+                  "randomisation": None if randomisation is None else asdict(randomisation)},
         "model": _model_info(segmenter),
         "machine": machine_info(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -367,7 +378,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"- split: {split['num_scenes']} scenes, seeds {split['first_seed']}..{split['last_seed']} "
         f"({'held out' if split['held_out'] else 'NOT held out'}), {split['queries_per_scene']} queries/scene, "
-        f"{split['width']}x{split['height']}, {report['num_queries']} queries, {report['num_errors']} refused",
+        f"{split['width']}x{split['height']}, {report['num_queries']} queries, {report['num_errors']} refused"
+        + ("" if not split.get("randomisation") else ", rendered with domain randomisation"
+           + ("" if split["randomisation"]["log_sizes"] else " (photometric: the plain split's layouts)")),
         f"- model on {model['device']} ({model['dtype']}, {model['torch_threads']} torch threads); "
         f"machine: {machine['cpu']}, {machine['cpu_count']} CPUs; {report['date']}; wall {report['wall_s']:.0f} s",
         "",
@@ -437,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default=None, help="also write the markdown summary here")
     p.add_argument("--no-samples", action="store_true", help="leave the per-query records out of the JSON")
     p.add_argument("--progress-every", type=int, default=50, help="scenes between progress lines")
+    p.add_argument("--randomise", choices=sorted(RANDOMISATIONS), default="none",
+                   help="render the held-out scenes with domain randomisation (fixed per seed): photometric "
+                        "keeps the plain split's layouts and queries, full also redraws sizes")
+    p.add_argument("--guided-upsampling", action="store_true",
+                   help="refine every mask at the frame size with the colour guided filter (mask_refinement.py)")
     return p
 
 
@@ -444,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from argenseg_ros.engine.mask_refinement import EdgeAwareSegmenter
     from argenseg_ros.engine.segmenter import Segmenter, default_model_dir
 
     if args.threads is not None:
@@ -458,9 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         segmenter = Segmenter.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
     except Exception as exc:  # a clean message, not a traceback, for a wrong path or device
         raise SystemExit(f"argenseg-eval: cannot load {model_dir}: {exc}") from exc
+    if args.guided_upsampling:
+        segmenter = EdgeAwareSegmenter(segmenter)
     report = evaluate(segmenter, args.scenes, first_seed=args.first_seed, queries_per_scene=args.queries_per_scene,
                       width=args.width, height=args.height,
-                      progress=progress_printer(max(1, args.progress_every)), keep_samples=not args.no_samples)
+                      progress=progress_printer(max(1, args.progress_every)), keep_samples=not args.no_samples,
+                      randomisation=RANDOMISATIONS[args.randomise])
     report["model"]["dir"] = str(model_dir.resolve())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,11 @@ from argenseg_ros.engine.tokenization import build_tabletop_tokenizer, resolve_t
 from argenseg_ros.engine.vqvae import MultiScaleVQVAE, VQVAEConfig, masks_to_images
 
 from . import world as tabletop
+from .codebook import restart_dead_codes
+from .data_mix import FailureMix, plan_focus, sample_focus_scene
 from .dataset import load_image, load_masks, read_dataset
+from .randomisation import FULL as FULL_RANDOMISATION
+from .randomisation import Randomisation
 
 TABLETOP_VQVAE = dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                       patch_nums=(1, 2, 4, 8, 16), image_size=64, share_quant_resi=4)
@@ -112,16 +116,37 @@ def _worker_rng(seed: int) -> np.random.Generator:
 
 # ---- mask VQ-VAE ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class SceneMix:
+    """Where training scenes come from: ``mix_fraction`` of them from the failure mix
+    (``data_mix.py``), the rest plain; all rendered with ``randomisation`` when given. The default
+    (0, None) is the plain sampler, draw for draw."""
+
+    mix_fraction: float = 0.0
+    randomisation: Randomisation | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mix_fraction <= 1.0:
+            raise ValueError(f"mix_fraction must be in [0, 1], got {self.mix_fraction}")
+
+    def use_mix(self, rng: np.random.Generator) -> bool:
+        return self.mix_fraction > 0 and rng.random() < self.mix_fraction
+
+
 class TabletopMasks(IterableDataset):
     """Visible object masks of random tabletop scenes, resized to the VQ-VAE's square input."""
 
-    def __init__(self, size: int, seed: int, width: int = 640, height: int = 480):
-        self.size, self.seed, self.width, self.height = size, seed, width, height
+    def __init__(self, size: int, seed: int, width: int = 640, height: int = 480, mix: SceneMix = SceneMix()):
+        self.size, self.seed, self.width, self.height, self.mix = size, seed, width, height, mix
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rng = _worker_rng(self.seed)
         while True:
-            scene = tabletop.render_scene(int(rng.integers(TRAIN_SEED_LIMIT)), self.width, self.height)
+            seed = int(rng.integers(TRAIN_SEED_LIMIT))
+            # Masks do not see pixels: only the mix's compositions (small, crowded) and sizes matter.
+            composition = plan_focus(FailureMix().draw(rng), rng).composition if self.mix.use_mix(rng) else None
+            scene = tabletop.render_scene(seed, self.width, self.height, composition=composition,
+                                          randomisation=self.mix.randomisation)
             for obj in scene.objects:
                 yield torch.from_numpy(resize_mask(obj.mask, self.size))
 
@@ -147,11 +172,15 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def train_vqvae(args: argparse.Namespace) -> None:
     run, log = _start_run(args)
     device = torch.device(args.device)
-    cfg = VQVAEConfig(**TABLETOP_VQVAE)
+    cfg = VQVAEConfig(**vqvae_config(args.image_size))
     vqvae = MultiScaleVQVAE(cfg).to(device)
+    if args.init and not (run / "checkpoint.pt").exists():
+        vqvae.load_state_dict(_vqvae_state(args.init, cfg))
+        log.line(f"VQ-VAE initialised from {args.init}")
     opt = torch.optim.AdamW(vqvae.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     ckpt_path = run / "checkpoint.pt"
     step, elapsed_before = 0, 0.0
+    restart_rng = torch.Generator().manual_seed(args.seed)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         vqvae.load_state_dict(ckpt["vqvae"])
@@ -160,7 +189,8 @@ def train_vqvae(args: argparse.Namespace) -> None:
         log.line(f"resumed VQ-VAE at step {step}, {elapsed_before / 60:.1f} min done")
     log.line(f"VQ-VAE {cfg.to_dict()} params={sum(p.numel() for p in vqvae.parameters())} "
              f"command: {' '.join(sys.argv)}")
-    loader = DataLoader(TabletopMasks(cfg.image_size, args.seed + step), batch_size=args.batch,
+    mix = SceneMix(args.data_mix, FULL_RANDOMISATION if args.randomise else None)
+    loader = DataLoader(TabletopMasks(cfg.image_size, args.seed + step, mix=mix), batch_size=args.batch,
                         num_workers=args.workers, persistent_workers=args.workers > 0)
     heldout = heldout_masks(cfg.image_size)
     t_start, last_ckpt = time.time(), time.time()
@@ -173,6 +203,10 @@ def train_vqvae(args: argparse.Namespace) -> None:
         torch.nn.utils.clip_grad_norm_(vqvae.parameters(), 1.0)
         opt.step()
         step += 1
+        if args.restart_every and step % args.restart_every == 0:
+            n = restart_dead_codes(vqvae, img, restart_rng)
+            if n:
+                log.line(f"step {step}: restarted {n} dead codes")
         if step % args.log_every == 0:
             iou = _vqvae_heldout_iou(vqvae, heldout, device)
             log.line(f"step {step} loss {loss.item():.4f} vq {vq_loss.item():.4f} usage {usage.item():.2f} "
@@ -200,6 +234,30 @@ def _vqvae_heldout_iou(vqvae: MultiScaleVQVAE, masks: torch.Tensor, device: torc
         ious.append(mask_iou(vqvae.images_to_mask_probs(recon) > 0.5, chunk > 0.5))
     vqvae.train()
     return float(torch.cat(ious).mean())
+
+
+def vqvae_config(image_size: int = 64) -> dict[str, Any]:
+    """The tabletop VQ-VAE at 64 px (shipped) or 128 px: one more downsampling level, so the latent
+    and every scale (1..16), hence the 341 visual tokens, stay the same; only the decoder grows."""
+    if image_size == TABLETOP_VQVAE["image_size"]:
+        return dict(TABLETOP_VQVAE)
+    if image_size == 128:
+        return {**TABLETOP_VQVAE, "image_size": 128, "ch_mult": (1, 1, 2, 2)}
+    raise ValueError(f"tabletop VQ-VAE image size must be 64 or 128, got {image_size}")
+
+
+def _vqvae_state(source: str, cfg: VQVAEConfig) -> dict[str, torch.Tensor]:
+    """A VQ-VAE state dict from a trainer checkpoint.pt or a native model directory."""
+    if Path(source).is_dir():
+        model, _ = ARGenSegModel.from_pretrained(source)
+        state = {k: v.float() for k, v in model.vqvae.state_dict().items()}
+        found = model.vqvae.cfg
+    else:
+        ckpt = torch.load(source, map_location="cpu", weights_only=False)
+        state, found = ckpt["vqvae"], VQVAEConfig.from_dict(ckpt["config"])
+    if found.to_dict() != cfg.to_dict():
+        raise SystemExit(f"--init {source}: its VQ-VAE is {found.to_dict()}, this run trains {cfg.to_dict()}")
+    return state
 
 
 def _save_vqvae(run: Path, vqvae: MultiScaleVQVAE, opt: torch.optim.Optimizer, step: int, elapsed: float) -> None:
@@ -265,15 +323,20 @@ class ConversationEncoder:
 class TabletopConversations(IterableDataset):
     """Random scenes, each with several queries; yields (pixel_values, samples) per scene."""
 
-    def __init__(self, encoder: ConversationEncoder, image_size: int, seed: int, queries: int = QUERIES_PER_SCENE):
-        self.encoder, self.image_size, self.seed, self.queries = encoder, image_size, seed, queries
+    def __init__(self, encoder: ConversationEncoder, image_size: int, seed: int, queries: int = QUERIES_PER_SCENE,
+                 mix: SceneMix = SceneMix()):
+        self.encoder, self.image_size, self.seed, self.queries, self.mix = encoder, image_size, seed, queries, mix
 
     def __iter__(self):
         rng = _worker_rng(self.seed)
         while True:
-            scene = tabletop.render_scene(int(rng.integers(TRAIN_SEED_LIMIT)))
-            yield scene_samples(scene, tabletop.sample_queries(scene, rng, self.queries), self.encoder,
-                                self.image_size)
+            seed = int(rng.integers(TRAIN_SEED_LIMIT))
+            if self.mix.use_mix(rng):
+                scene, queries, _ = sample_focus_scene(seed, rng, self.queries, randomisation=self.mix.randomisation)
+            else:
+                scene = tabletop.render_scene(seed, randomisation=self.mix.randomisation)
+                queries = tabletop.sample_queries(scene, rng, self.queries)
+            yield scene_samples(scene, queries, self.encoder, self.image_size)
 
 
 class DiskConversations(IterableDataset):
@@ -449,7 +512,7 @@ def train_model(args: argparse.Namespace) -> None:
         model, tokenizer = ARGenSegModel.from_pretrained(args.init)
     elif args.vqvae:
         vq_ckpt = torch.load(args.vqvae, map_location="cpu", weights_only=False)
-        model, tokenizer = build_tabletop_model(vq_ckpt["vqvae"], args.seed)
+        model, tokenizer = build_tabletop_model(vq_ckpt["vqvae"], args.seed, vqvae=vq_ckpt.get("config"))
     else:
         raise SystemExit("argenseg-train: give --vqvae (a new model) or --init (continue a model)")
     model.to(device)
@@ -471,7 +534,8 @@ def train_model(args: argparse.Namespace) -> None:
     collate = make_collate(model.config.token_ids, model.scale_of_slot.tolist(), model.vqvae.cfg.z_channels,
                            model.vqvae.cfg.image_size, encoder.grid)
     source = (DiskConversations(args.data, encoder, model.image_size, args.seed + step) if args.data
-              else TabletopConversations(encoder, model.image_size, args.seed + step))
+              else TabletopConversations(encoder, model.image_size, args.seed + step,
+                                         mix=SceneMix(args.data_mix, FULL_RANDOMISATION if args.randomise else None)))
     scenes_per_batch = max(1, args.batch // (1 if args.data else QUERIES_PER_SCENE))
     loader = DataLoader(source, batch_size=scenes_per_batch, num_workers=args.workers, collate_fn=collate,
                         persistent_workers=args.workers > 0, pin_memory=device.type == "cuda",
@@ -550,11 +614,20 @@ def _common_args(parser: argparse.ArgumentParser, minutes: float, lr: float, bat
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--checkpoint-minutes", type=float, default=2.0)
+    parser.add_argument("--data-mix", type=float, default=0.0,
+                        help="share of training scenes drawn from the failure mix (data_mix.py); default 0: plain")
+    parser.add_argument("--randomise", action="store_true",
+                        help="render training scenes with domain randomisation (randomisation.py)")
 
 
 def main_vqvae(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the tabletop mask VQ-VAE (resumes from <out>/checkpoint.pt).")
     _common_args(parser, minutes=20, lr=2e-3, batch=64)
+    parser.add_argument("--image-size", type=int, default=64, choices=[64, 128], help="mask size of the VQ-VAE")
+    parser.add_argument("--init", default=None, help="start from this VQ-VAE (checkpoint.pt or model directory; "
+                        "same configuration); <out>/checkpoint.pt still wins when present")
+    parser.add_argument("--restart-every", type=int, default=0,
+                        help="every N steps move dead codes onto encoder latents (codebook.py); 0: never")
     train_vqvae(parser.parse_args(argv))
 
 

@@ -48,6 +48,16 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .randomisation import (
+    Randomisation,
+    degrade,
+    lighting_ranges,
+    limit_peak,
+    randomisation_rng,
+    table_texture,
+    tone_field,
+)
+
 KINDS: tuple[str, ...] = ("ball", "box", "cup", "can", "plate")
 COLOURS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "white")
 
@@ -393,21 +403,54 @@ def _depth_sorted(placed: list[_Placed]) -> list[_Placed]:
     return sorted(placed, key=lambda p: p.bottom)
 
 
-def _layout(rng: np.random.Generator, width: int, height: int, n: int) -> list[_Placed]:
+@dataclass(frozen=True)
+class Composition:
+    """What to put on the table instead of random draws (the data mix of ``data_mix.py``).
+
+    ``objects``: one (kind, colour) per object, ``None`` for a random draw of that attribute.
+    ``side_range``: longest sides as fractions of the legal 40-200 px range (0, 0.2) gives small
+    objects only. An object that cannot be placed is left out, as in plain scenes: queries are
+    always computed from the objects actually rendered.
+    """
+
+    objects: tuple[tuple[str | None, str | None], ...]
+    side_range: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.objects) <= MAX_OBJECTS:
+            raise ValueError(f"a composition has 1..{MAX_OBJECTS} objects, got {len(self.objects)}")
+        for kind, colour in self.objects:
+            if kind is not None and kind not in KINDS or colour is not None and colour not in COLOURS:
+                raise ValueError(f"unknown kind or colour in {(kind, colour)}")
+        a, b = self.side_range
+        if not 0.0 <= a < b <= 1.0:
+            raise ValueError(f"side_range must satisfy 0 <= lo < hi <= 1, got {self.side_range}")
+
+
+def _layout(rng: np.random.Generator, width: int, height: int, n: int,
+            composition: Composition | None = None, log_sizes: bool = False) -> list[_Placed]:
     s = frame_scale(width, height)
     lo, hi = (MIN_SIDE_PX + _SIDE_MARGIN_PX) * s, (MAX_SIDE_PX - _SIDE_MARGIN_PX) * s
     hi = min(hi, 0.9 * min(width, height))
     lo = min(lo, hi)
+    if composition is not None:
+        a, b = composition.side_range
+        lo, hi = lo + (hi - lo) * a, lo + (hi - lo) * b
     min_vis = MIN_VISIBLE_AREA_PX * s * s
     placed: list[_Placed] = []
-    for _ in range(n):
+    for i in range(n):
+        want_kind, want_colour = composition.objects[i] if composition is not None else (None, None)
         # Repeating an existing kind or colour now and then makes size words, relations and
         # "leftmost" expressions (which need several objects of a kind) common enough to learn.
-        if placed and rng.random() < 0.35:
+        if want_kind is not None:
+            kind = want_kind
+        elif placed and rng.random() < 0.35:
             kind = placed[int(rng.integers(len(placed)))].kind
         else:
             kind = KINDS[int(rng.integers(len(KINDS)))]
-        if placed and rng.random() < 0.2:
+        if want_colour is not None:
+            colour = want_colour
+        elif placed and rng.random() < 0.2:
             colour = placed[int(rng.integers(len(placed)))].colour
         else:
             colour = COLOURS[int(rng.integers(len(COLOURS)))]
@@ -415,7 +458,11 @@ def _layout(rng: np.random.Generator, width: int, height: int, n: int) -> list[_
         for attempt in range(60):
             # Crowded frames: later attempts prefer smaller objects.
             top = hi - (hi - lo) * min(attempt / 40.0, 1.0) * 0.7
-            shape = _BUILDERS[kind](float(rng.uniform(lo, top)), rng)
+            if log_sizes:   # domain randomisation: as many objects near 40 px as near 200 px
+                side = math.exp(rng.uniform(math.log(lo), math.log(top)))
+            else:
+                side = rng.uniform(lo, top)
+            shape = _BUILDERS[kind](float(side), rng)
             ph, pw = shape.mask.shape
             if pw > width or ph > height:
                 continue
@@ -471,6 +518,7 @@ class _Lighting:
     spot_x: float      # in frame-normalised coordinates
     spot_y: float
     spot_gain: float
+    base: float = 0.97
 
     @staticmethod
     def sample(rng: np.random.Generator) -> "_Lighting":
@@ -478,11 +526,20 @@ class _Lighting:
         return _Lighting(math.cos(ang), math.sin(ang), rng.uniform(0.05, 0.14),
                          rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.0, 0.06))
 
+    @staticmethod
+    def sample_randomised(rng: np.random.Generator) -> "_Lighting":
+        """Wider ranges (``randomisation.lighting_ranges``): uneven light, darker or brighter."""
+        r = lighting_ranges()
+        ang = rng.uniform(0, 2 * math.pi)
+        return _Lighting(math.cos(ang), math.sin(ang), rng.uniform(*r["slope"]),
+                         rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0), rng.uniform(*r["spot_gain"]),
+                         rng.uniform(*r["base"]))
+
     def at(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Light at frame-normalised coordinates u = x / W, v = y / H (broadcastable)."""
         proj = self.cos_a * (u - 0.5) + self.sin_a * (v - 0.5)
         spot = np.exp(-(((u - self.spot_x) / 0.5) ** 2 + ((v - self.spot_y) / 0.5) ** 2))
-        return (0.97 + self.slope * proj + self.spot_gain * spot).astype(np.float32)
+        return (self.base + self.slope * proj + self.spot_gain * spot).astype(np.float32)
 
 
 def _unit_normal_quantiles() -> np.ndarray:
@@ -506,15 +563,28 @@ _UNIT_NORMAL_QUANTILES = _unit_normal_quantiles()
 
 
 def render_scene(seed: int, width: int = 640, height: int = 480,
-                 num_objects: int | None = None) -> Scene:
-    """Render one tabletop scene; bit-identical for the same arguments."""
+                 num_objects: int | None = None, *, composition: Composition | None = None,
+                 randomisation: Randomisation | None = None) -> Scene:
+    """Render one tabletop scene; bit-identical for the same arguments.
+
+    ``composition`` fixes what is placed (``num_objects`` must then be None); ``randomisation``
+    turns on domain randomisation (``randomisation.py``). With neither, the scene is the one
+    this function has always rendered for the seed (the held-out split depends on it).
+    """
     if width < 32 or height < 32:
         raise ValueError(f"frame {width}x{height} is too small (min 32x32)")
     if num_objects is not None and not 1 <= num_objects <= MAX_OBJECTS:
         raise ValueError(f"num_objects must be in 1..{MAX_OBJECTS}, got {num_objects}")
+    if num_objects is not None and composition is not None:
+        raise ValueError("give num_objects or a composition, not both")
+    dr = randomisation
+    dr_rng = randomisation_rng(seed) if dr is not None else None
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)) if num_objects is None else num_objects
-    placed = _layout(rng, width, height, n)
+    if composition is not None:
+        n = len(composition.objects)
+    else:
+        n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)) if num_objects is None else num_objects
+    placed = _layout(rng, width, height, n, composition, log_sizes=dr is not None and dr.log_sizes)
 
     # Table and shadows are smooth: build them at 1/4 resolution and upsample once (uint8, so
     # that every full-resolution array in this function is 1 byte per sample: memory traffic,
@@ -522,6 +592,12 @@ def render_scene(seed: int, width: int = 640, height: int = 480,
     lh, lw = max(height // 4, 8), max(width // 4, 8)
     base, tex = _table(rng, lh, lw)
     lighting = _Lighting.sample(rng)
+    # Randomised renders draw their extras from their own stream, after the plain draws above,
+    # so the layout stays that of the plain render and a photometric change moves no mask.
+    if dr is not None and dr.table and dr_rng.random() < 0.6:
+        base, tex = table_texture(dr_rng, lh, lw)
+    if dr is not None and dr.lighting:
+        lighting = _Lighting.sample_randomised(dr_rng)
     gy, gx = _grid(lh, lw)
     light_lr = lighting.at((gx + 0.5) / lw, (gy + 0.5) / lh)
     shadow_lr = np.zeros((lh, lw), np.float32)
@@ -542,6 +618,8 @@ def render_scene(seed: int, width: int = 640, height: int = 480,
         k = max(3, int(round(0.02 * lw)) | 1)
         shadow_lr = cv2.GaussianBlur(shadow_lr, (k, k), 0)
         shadow_lr *= rng.uniform(0.2, 0.4)
+        if dr is not None and dr.shadows:
+            shadow_lr *= dr_rng.uniform(1.0, 1.8)
     table_lr = (tex * light_lr * (1.0 - shadow_lr))[:, :, None] * base
     canvas = cv2.resize(_to_uint8(table_lr), (width, height), interpolation=cv2.INTER_LINEAR)
 
@@ -558,12 +636,23 @@ def render_scene(seed: int, width: int = 640, height: int = 480,
             # Halve the shading contrast on white objects: dark shading would turn them grey
             # and out of the spec's "value > 0.85" range.
             shade = 0.5 + 0.5 * shade
-        col = p.rgb[None, None, :] * shade[:, :, None]
+        albedo = p.rgb[None, None, :]
+        if dr is not None and dr.two_tone:
+            # A second albedo of the same colour name, blended in blotches: both hues lie in the
+            # colour's range, and so does every blend of them (the shorter hue arc).
+            other = sample_colour_rgb(p.colour, dr_rng)
+            w = tone_field(dr_rng, mh, mw)[:, :, None]
+            albedo = (1.0 - w) * albedo + w * other[None, None, :]
+        col = albedo * shade[:, :, None]
         col += p.shape.highlight[:, :, None] * (255.0 - col)
         light = lighting.at((px + p.x + 0.5) / width, (py + p.y + 0.5) / height)
         if p.colour == "white":
+            if dr is not None:  # randomised light can be dark: white must stay above value 0.85
+                light = np.maximum(light, 0.8)
             light = 0.5 + 0.5 * light  # as for shading: keep white objects white
         col *= light[:, :, None]
+        if dr is not None:
+            col = limit_peak(col)  # a saturated channel would shift the hue
         np.copyto(canvas[sl], _to_uint8(col), where=p.shape.mask[:, :, None])
         full = np.zeros((height, width), bool)
         full[sl] = p.shape.mask
@@ -580,6 +669,9 @@ def render_scene(seed: int, width: int = 640, height: int = 480,
             centroid=(p.x + cx, p.y + cy), area=area, depth=depth, full_area=p.shape.area,
             side=_mask_side(p.shape.mask), rgb=tuple(int(round(c)) for c in p.rgb)))
 
+    if dr is not None:
+        image = degrade(canvas, dr_rng, dr)
+        return Scene(image=image, objects=objects, seed=seed, width=width, height=height)
     # Mild Gaussian sensor noise: random bytes through a quantile table, offset by 128 so that
     # it fits uint8, then added with saturation.
     sigma = float(rng.uniform(1.5, 4.0))
