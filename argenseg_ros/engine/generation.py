@@ -18,6 +18,7 @@ read, so one model can serve several threads (the caller serialises access to a 
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -221,7 +222,7 @@ def _raster_step(model: ARGenSegModel, row: _Row, codes: torch.Tensor) -> None:
         row.phase = Phase.TEXT
         row.masks_done += 1
         return
-    row.scale = int(model.scale_of_slot[row.raster_slot])
+    row.scale = bisect.bisect_right(model.scale_begin, row.raster_slot) - 1   # host-side: no device read
     row.chunk_ids = [model.config.token_ids["mask_context"]]
     row.chunk_slots = [row.raster_slot]
     row.chunk_inputs = model.vqvae.quantize.embedding.weight[codes]
@@ -252,19 +253,22 @@ def _chunk_inputs(model: ARGenSegModel, rows: list[_Row], use_cfg: bool, device:
     n = max([len(r.chunk_ids) for r in rows if r.phase is not Phase.DONE] or [1])
     cvae = model.vqvae.cfg.z_channels
     B = len(rows)
-    input_ids = torch.full((B, n), ids["pad"], dtype=torch.long, device=device)
-    slots = torch.full((B, n), -1, dtype=torch.long, device=device)
+    # ids, slots and validity are host data: built on the CPU, then one asynchronous copy each
+    # (a blocking copy per row would make the host wait for the device at every step)
+    input_ids = torch.full((B, n), ids["pad"], dtype=torch.long)
+    slots = torch.full((B, n), -1, dtype=torch.long)
+    valid = torch.zeros(B, n, dtype=torch.bool)
     inputs = torch.zeros(B, n, cvae, dtype=model.pos_1LC.dtype, device=device)
-    valid = torch.zeros(B, n, dtype=torch.bool, device=device)
     for b, row in enumerate(rows):
         if row.phase is Phase.DONE:
             continue
         m = len(row.chunk_ids)
-        input_ids[b, :m] = torch.tensor(row.chunk_ids, device=device)
-        slots[b, :m] = torch.tensor(row.chunk_slots, device=device)
+        input_ids[b, :m] = torch.tensor(row.chunk_ids)
+        slots[b, :m] = torch.tensor(row.chunk_slots)
         if row.chunk_inputs is not None:
             inputs[b, :m] = row.chunk_inputs.to(inputs.dtype)
         valid[b, :m] = True
+    input_ids, slots, valid = (t.to(device, non_blocking=True) for t in (input_ids, slots, valid))
     if use_cfg:
         input_ids, slots, inputs, valid = (torch.cat([t, t]) for t in (input_ids, slots, inputs, valid))
     position_ids = (next_pos_R[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
