@@ -33,6 +33,9 @@ if str(REPO) not in sys.path:
 from argenseg_ros.engine.segmenter import Segmenter  # noqa: E402
 from argenseg_ros.tabletop.world import render_scene  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ros_latency import cpu_model  # noqa: E402
+
 STAGES = ("preprocess", "prefill", "text_decode", "mask_decode", "vqvae_decode", "postprocess", "total")
 
 
@@ -44,16 +47,6 @@ def requests(num_scenes: int) -> list[tuple[np.ndarray, str]]:
         obj = scene.objects[0]
         out.append((scene.image, f"the {obj.colour} {obj.kind}"))
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "fast_generation_cpu", "model": eager.name, "device": "cpu", "dtype": str(eager.dtype),
         "torch": torch.__version__, "python": platform.python_version(),
-        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "shared": True},
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "shared": True},
         "requests": [{"instruction": text} for _, text in work], "by_threads": {}}
     mismatches: list[str] = []
     for threads in args.threads:

@@ -7,6 +7,7 @@ phases, guidance, raster order, the release's dynamic RoPE) and the shipped tabl
 import numpy as np
 import pytest
 import torch
+from test_engine import _prompts
 
 from argenseg_ros.engine.generation import generate, static_cache_capacity
 from argenseg_ros.engine.model import random_model
@@ -41,17 +42,6 @@ def dynamic_rope():
     model.backbone = backbone.eval()
     assert model.backbone.model.language_model.rotary_emb.rope_type == "dynamic"
     return _biased(model), tokenizer
-
-
-def _prompts(model, tokenizer, instructions):
-    rows = [tokenizer(model.build_prompt(t), add_special_tokens=False)["input_ids"] for t in instructions]
-    T = max(map(len, rows))
-    ids = torch.full((len(rows), T), model.config.token_ids["pad"])
-    valid = torch.zeros(len(rows), T, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r)
-        valid[i, T - len(r):] = True
-    return ids, valid
 
 
 def _assert_same_generation(eager, fast, atol: float):
