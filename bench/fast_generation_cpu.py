@@ -49,6 +49,20 @@ def requests(num_scenes: int) -> list[tuple[np.ndarray, str]]:
     return out
 
 
+def count_calls(seg: Segmenter, image: np.ndarray, text: str) -> dict[str, int]:
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        seg.segment(image, text)
+    aten = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    profiler = cProfile.Profile()
+    profiler.runcall(seg.segment, image, text)
+    return {"aten_ops": aten, "python_calls": pstats.Stats(profiler).total_calls}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{threads} thread(s), load {load_before[0]:.2f}: "
               + "  ".join(f"{n} {entry[n]['total_ms']:.1f} ms" for n in variants), flush=True)
     result["replies"] = [eager.segment(image, text).reply for image, text in work]
+    # load-independent: operator calls and Python function calls of one request
+    result["calls_per_request"] = {name: count_calls(seg, *work[0]) for name, seg in variants.items()}
     result["mismatches"] = mismatches
     result["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Path(args.out)

@@ -69,12 +69,12 @@ def test_fast_decoder_generates_the_eager_tokens(tiny, mode, static_shapes):
     The live-width fast path does the eager path's operations on the same keys: bit-identical.
     The full-width path (CUDA-graph shapes) attends over the whole cache: same tokens, ~1e-6."""
     model, tokenizer = tiny
-    ids, valid = _prompts(model, tokenizer, INSTRUCTIONS)
+    _, ids, valid = _prompts(model, tokenizer, INSTRUCTIONS)
     pixels = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     kwargs = dict(max_new_tokens=8, max_masks=2, record_logits=True, raster_order=mode == "raster")
     rows = 2
     if mode == "guidance":
-        u_ids, u_valid = _prompts(model, tokenizer, ["", ""])
+        _, u_ids, u_valid = _prompts(model, tokenizer, ["", ""])
         kwargs.update(cfg_scale=3.0, uncond_input_ids_BT=u_ids, uncond_valid_BT=u_valid)
         rows = 4
     eager = generate(model, ids, valid, pixels, fast=False, **kwargs)
@@ -99,7 +99,7 @@ def test_dynamic_rope_is_default_rope_below_max_positions(dynamic_rope):
     rotary = model.backbone.model.language_model.rotary_emb
     default_inv_freq, _ = rotary.compute_default_rope_parameters(model.backbone.config.text_config)
     assert torch.equal(rotary.original_inv_freq, default_inv_freq)
-    ids, valid = _prompts(model, tokenizer, INSTRUCTIONS)
+    _, ids, valid = _prompts(model, tokenizer, INSTRUCTIONS)
     pixels = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(2))
     eager = generate(model, ids, valid, pixels, fast=False, max_new_tokens=8, max_masks=2, record_logits=True)
     fast = generate(model, ids, valid, pixels, max_new_tokens=8, max_masks=2, record_logits=True)
@@ -130,3 +130,32 @@ def test_shipped_model_fast_equals_eager():
     assert masks >= 1
     batched = fast.segment_batch([s.image for s in scenes], instructions)
     assert [r.reply for r in batched] == [r.reply for r in eager.segment_batch([s.image for s in scenes], instructions)]
+
+
+def _host_reads(fn) -> int:
+    """Device-to-host scalar reads while `fn` runs (each one is a host sync on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+
+def test_static_decoder_step_reads_nothing_back_from_the_device(dynamic_rope):
+    """The eager forward with dynamic RoPE reads `max(position_ids) + 1` back twice per forward
+    (transformers' dynamic_rope_update compares it in Python); the static decoder never does."""
+    from argenseg_ros.engine.static_decode import ChunkInputs, EagerDecoder
+
+    model, _ = dynamic_rope
+    C = model.backbone.config.text_config.hidden_size
+    T0, n = 20, 4
+    embeds, valid, positions = torch.randn(1, T0, C), torch.ones(1, T0, dtype=torch.bool), torch.arange(T0)[None]
+    chunk = ChunkInputs(input_ids_Rn=torch.full((1, n), model.config.token_ids["mask_context"]),
+                        slot_Rn=torch.arange(1, 1 + n)[None], slot_inputs_RnC=torch.randn(1, n, model.vqvae.cfg.z_channels),
+                        valid_Rn=torch.ones(1, n, dtype=torch.bool), position_ids_Rn=torch.arange(T0, T0 + n)[None])
+    reads = {}
+    for decoder in (EagerDecoder(model), StaticDecoder.allocate(model, 1, 256)):
+        with torch.no_grad():
+            decoder.prefill(embeds, valid, positions)
+            reads[type(decoder).__name__] = _host_reads(lambda: decoder.step(chunk))   # noqa: B023
+    assert reads == {"EagerDecoder": 2, "StaticDecoder": 0}
