@@ -149,6 +149,11 @@ class BuildInterfaces(Command):
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
         print(f"argenseg_ros: building the ROS interfaces with rosidl in {cmake_build} (log: {log_path})")
         shutil.rmtree(stage, ignore_errors=True)
+        # The CMake build is reused (incremental) only for the same source folder and Python.
+        stamp, key = work / "cmake.key", f"{source}\n{sys.executable}\n"
+        if not stamp.is_file() or stamp.read_text() != key:
+            shutil.rmtree(cmake_build, ignore_errors=True)
+            stamp.write_text(key)
         env = _interfaces_env()
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"AMENT_PREFIX_PATH={env['AMENT_PREFIX_PATH']}\nCMAKE_PREFIX_PATH={env['CMAKE_PREFIX_PATH']}\n")
@@ -177,6 +182,12 @@ class BuildInterfaces(Command):
         generated = found[0]
         site = generated.parent
         target = Path(self.build_lib) / PACKAGE
+        # build_lib persists between builds: no generated module of a removed interface survives.
+        for stale in [*(target / d for d in INTERFACE_DIRS), *target.glob(f"{PACKAGE}_s__*")]:
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
         for path in sorted(generated.rglob("*")):
             rel = path.relative_to(generated)
             # The package's own __init__.py stays; rosidl's is empty. Build sources and caches stay out.

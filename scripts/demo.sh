@@ -3,7 +3,8 @@
 # (segment_node with config/argenseg.yaml), sends instructions chosen from each scene's valid ones
 # (referring, absent, a question, and "track ..." for a few seconds then "stop") with
 # argenseg-demo, saves the overlay/mask PNGs, replies.jsonl (instruction, reply, frame stamp,
-# latency, IoU against the ground truth) and summary.json, prints a table, and stops both nodes.
+# latency, IoU against the ground truth, 3D centroid and its error) and summary.json, a picture of
+# one object's point cloud (*_cloud.png), prints a table, and stops both nodes.
 #   bash scripts/demo.sh [OUT_DIR]     output folder (default ./demo_output; or DEMO_OUT=...)
 #   DEMO_SCENES=N        scenes to show (default 2)
 #   DEMO_TRACK_SECONDS=S tracking time in the first scene (default 3; 0 = none)
@@ -28,7 +29,7 @@ export AMENT_PREFIX_PATH=${AMENT_PREFIX_PATH:-$venv}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"   # this tree's code, as the tests run it
 export PYTHONUNBUFFERED=1 RCUTILS_COLORIZED_OUTPUT=0
 
-rm -f "$out"/*_overlay.png "$out"/*_mask.png "$out"/replies.jsonl "$out"/summary.json
+rm -f "$out"/*_overlay.png "$out"/*_mask.png "$out"/*_cloud.png "$out"/replies.jsonl "$out"/summary.json
 mkdir -p "$out/logs"
 pids=()
 prev_exit_trap=$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")
@@ -49,7 +50,9 @@ echo "[demo] ROS_DOMAIN_ID=$ROS_DOMAIN_ID, output in $out"
 "$venv/lib/argenseg_ros/demo_camera" --ros-args -p scene_period_s:=0.0 \
   >"$out/logs/demo_camera.log" 2>&1 &
 pids+=($!)
+# With the camera's aligned depth: 3D centroids, points and boxes (README: 3D outputs).
 "$venv/lib/argenseg_ros/segment_node" --ros-args --params-file config/argenseg.yaml \
+  -p depth_topic:=depth/image_raw -p camera_info_topic:=depth/camera_info \
   >"$out/logs/segment_node.log" 2>&1 &
 pids+=($!)
 

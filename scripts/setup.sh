@@ -23,6 +23,17 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
 
+# Building the action type (setup.py runs rosidl through CMake) needs cmake, a C/C++ compiler and
+# the Python headers.
+for tool in cmake cc c++; do
+  command -v "$tool" >/dev/null \
+    || fail "$tool not found: the action type is compiled (on Debian/Ubuntu: apt-get install cmake g++ python3-dev)"
+done
+"$python" - <<'PY' || fail "Python.h not found (on Debian/Ubuntu: apt-get install python3-dev)"
+import os, sys, sysconfig
+sys.exit(0 if os.path.isfile(os.path.join(sysconfig.get_path("include"), "Python.h")) else 1)
+PY
+
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -c "import venv, ensurepip" 2>/dev/null \
     || fail "$python cannot create a venv with pip (on Debian/Ubuntu: apt-get install python3-venv)"

@@ -1,6 +1,7 @@
 """Two Linux network namespaces joined by a veth pair: two "hosts" on one machine (needs root, `ip`).
 
-Used by test/test_two_hosts.py and bench/two_hosts.py. No pytest, no ROS here.
+Used by test/test_two_hosts.py and bench/two_hosts.py. No pytest, no ROS here (but the argv of a
+Fast DDS Discovery Server from the ros-fastrtps wheel: :func:`discovery_server_command`).
 
     with NetnsPair("agsg2h") as pair:          # namespaces agsg2h<pid>a, agsg2h<pid>b
         argv = pair.a.wrap(["demo_camera"])    # ["ip", "netns", "exec", "agsg2h<pid>a", "demo_camera"]
@@ -24,11 +25,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import sysconfig
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 SUBNET_PREFIX = "192.0.2."   # TEST-NET-1
 PREFIX_LEN = 24
+DISCOVERY_SERVER_PORT = 11811   # Fast DDS's default Discovery Server port
 
 
 class NetnsUnavailable(RuntimeError):
@@ -162,3 +167,22 @@ class NetnsPair:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def discovery_server_command(address: str, port: int = DISCOVERY_SERVER_PORT):
+    """(argv, env) of a Fast DDS Discovery Server (server id 0) from the ros-fastrtps wheel, or
+    (None, why) when this environment has none.
+
+    The wheel installs ``<venv>/bin/fast-discovery-server`` with an RPATH that points outside the
+    venv ($ORIGIN/../../../ros_fastrtps.libs), so on its own it finds neither libfastrtps.so.2.14
+    (<venv>/lib) nor the tinyxml2/OpenSSL copies bundled in <site-packages>/ros_fastrtps.libs:
+    LD_LIBRARY_PATH supplies both.
+    """
+    exe = Path(sys.prefix) / "bin" / "fast-discovery-server"
+    if not exe.exists():
+        return None, f"no {exe} (the ros-fastrtps wheel ships it as bin/fast-discovery-server)"
+    libs = [str(Path(sys.prefix) / "lib"), str(Path(sysconfig.get_paths()["purelib"]) / "ros_fastrtps.libs")]
+    if os.environ.get("LD_LIBRARY_PATH"):
+        libs.append(os.environ["LD_LIBRARY_PATH"])
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(libs))
+    return [str(exe), "-i", "0", "-l", address, "-p", str(port)], env

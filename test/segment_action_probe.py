@@ -119,7 +119,7 @@ def serve(name: str) -> int:
         result = Segment.Result()
         if not goal.instruction.strip():
             result.error = "empty instruction (send one, e.g. 'the red cup')"
-            goal_handle.succeed()
+            goal_handle.abort()
             return result
         result.success = True
         result.reply = "Sure, <mask>."
@@ -242,9 +242,9 @@ def run_client(name: str) -> dict:
         assert stages == want_stages, f"feedback stages {stages}"
         report["one_shot"] = {"feedback": [s[0] for s in stages], "mask_pixels": int((want > 0).sum())}
 
-        # 2. a goal that cannot be served: success false, error says why, no mask.
+        # 2. a goal that cannot be served: aborted, success false, error says why, no mask.
         got = c.wait(c.send(Segment.Goal(instruction="  ")).get_result_async(), 20.0, "error result")
-        assert got.status == GoalStatus.STATUS_SUCCEEDED and not got.result.success, got
+        assert got.status == GoalStatus.STATUS_ABORTED and not got.result.success, got
         assert got.result.error.startswith("empty instruction") and got.result.mask.width == 0, got.result
         report["error"] = got.result.error
 

@@ -60,3 +60,21 @@ def test_scene_mix_feeds_the_mask_trainer() -> None:
     assert area(b) < area(a)          # small and crowded compositions, log-uniform sizes
     with pytest.raises(ValueError):
         training.SceneMix(1.5)
+
+
+def test_scene_mix_feeds_the_conversation_trainer() -> None:
+    """With mix 1.0 every scene is a randomised failure-mix scene, encoded like a plain one."""
+    tiny_vq = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=(1, 2, 4),
+                   image_size=8, share_quant_resi=2)
+    tiny = dict(image_size=56, patch_size=14, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=64,
+                text_layers=1, text_heads=2, text_kv_heads=2, text_intermediate=128)
+    model, tokenizer = training.build_tabletop_model(None, seed=0, vqvae=tiny_vq, sizes=tiny)
+    encoder = training.ConversationEncoder(model, tokenizer)
+    plain = training.TabletopConversations(encoder, model.image_size, seed=0, queries=4)
+    mixed = training.TabletopConversations(encoder, model.image_size, seed=0, queries=4,
+                                           mix=training.SceneMix(1.0, randomisation.FULL))
+    (p_pix, p_samples), (m_pix, m_samples) = next(iter(plain)), next(iter(mixed))
+    assert p_pix.shape == m_pix.shape == (3, 56, 56) and 1 <= len(m_samples) <= 4 and len(p_samples) == 4
+    assert not torch.equal(p_pix, m_pix)
+    for sample in m_samples:
+        assert all(m.shape == (8, 8) for m in sample.masks)

@@ -1,29 +1,31 @@
-"""argenseg-convert on a synthetic "official-format" ARGenSeg checkpoint.
-
-The test writes, with tiny sizes and random weights, exactly what the release ships: InternVL's
-internvl_chat config.json, safetensors shards + model.safetensors.index.json with the release's key
-names (InternViT `attn.qkv`, `mlp1.{0,1,3}`, InternLM2 packed `attention.wqkv`, `word_embed`,
-`pos_1LC`, `lvl_embed`, `image_tokenizer.*`), a sentencepiece BPE `tokenizer.model` (trained by the
-sentencepiece library, InternLM2's user-defined chat pieces appended) and a tokenizer_config.json
-whose added tokens follow the release's layout (InternVL tokens, then <mask> <ge_start> <ge_end>
-<MASK_CONTEXT>, then the visual tokens). The converted model is checked against forwards computed
-directly from the official (packed) weights.
+"""argenseg-convert on a synthetic checkpoint in the release's format (test/release_checkpoint.py):
+names, shapes, the packed attention, the vision path and the tokenizer, checked against forwards
+and encodings computed directly from the official files.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
-import math
 from pathlib import Path
 
 import pytest
 import sentencepiece
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from sentencepiece import sentencepiece_model_pb2
+from release_checkpoint import (
+    CORPUS,
+    LLM,
+    SPM_SIZE,
+    TINY_VQ,
+    VIS,
+    internlm2_attention,
+    internlm2_forward,
+    internvit_features,
+    spm_model,
+    write_official,
+    write_tokenizer,
+)
+from safetensors.torch import load_file
 
 from argenseg_ros.engine import conversion
 from argenseg_ros.engine.conversion import ConversionError, convert_checkpoint, convert_tokenizer, split_wqkv
@@ -36,158 +38,7 @@ from argenseg_ros.engine.model import (
 )
 from argenseg_ros.engine.release import RELEASE_TOKEN_IDS, RELEASE_VOCAB_SIZE, argenseg_8b_config
 from argenseg_ros.engine.tokenization import visual_token
-from argenseg_ros.engine.vqvae import MultiScaleVQVAE, VQVAEConfig
-
-TINY_VQ = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                      patch_nums=(1, 2, 4), image_size=8, share_quant_resi=2)
-VIS = dict(hidden=32, layers=2, heads=2, inter=64, image=56, patch=14)
-LLM = dict(hidden=64, layers=2, heads=4, kv=2, inter=96, theta=10000.0, eps=1e-5)
-
-# InternVL's added tokens (after the sentencepiece vocabulary), then ARGenSeg's.
-INTERNVL_ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
-ARGENSEG_ADDED = ["<mask>", "<ge_start>", "<ge_end>", "<MASK_CONTEXT>"]
-
-
-# ---- a sentencepiece model trained by the sentencepiece library ----------------------------------
-
-CORPUS = ["hello world", "the red cup", "segment the red cup", "hello, the world: red; cup.",
-          "a mug on the table", "segment the mug; hello world."] * 20
-INTERNLM2_USER_DEFINED = ["<|plugin|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
-
-
-@functools.cache
-def _trained_spm() -> bytes:
-    """A small byte-fallback BPE model, trained deterministically (one thread) on CORPUS."""
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=model, model_type="bpe", vocab_size=340, byte_fallback=True,
-        character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=False, unk_id=0, bos_id=1,
-        eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
-    return model.getvalue()
-
-
-def spm_model(filler: int = 0) -> sentencepiece_model_pb2.ModelProto:
-    """<unk> <s> </s>, 256 byte pieces, the trained merges and chars, [filler], then InternLM2's
-    user-defined chat tokens at the end of the sentencepiece vocabulary (InternLM2 has <|im_end|> at
-    92542 and <|im_start|> at 92543: the last two pieces)."""
-    proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(_trained_spm())
-    piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
-    low = min(p.score for p in proto.pieces)
-    for i in range(filler):
-        proto.pieces.add(piece=f"▁filler{i}", score=low - 1.0 - i, type=piece_type.NORMAL)
-    for name in INTERNLM2_USER_DEFINED:
-        proto.pieces.add(piece=name, score=0.0, type=piece_type.USER_DEFINED)
-    proto.trainer_spec.vocab_size = len(proto.pieces)
-    return proto
-
-
-SPM_SIZE = len(spm_model().pieces)
-
-
-def write_tokenizer(directory: Path, codebook: int, filler: int = 0) -> dict[str, int]:
-    proto = spm_model(filler)
-    (directory / "tokenizer.model").write_bytes(proto.SerializeToString())
-    n = len(proto.pieces)
-    added = INTERNVL_ADDED + ARGENSEG_ADDED + [visual_token(i) for i in range(codebook)]
-    decoder = {str(i): {"content": p.piece, "special": True, "lstrip": False, "rstrip": False, "normalized": False,
-                        "single_word": False} for i, p in enumerate(proto.pieces) if p.type in (2, 3, 4)}
-    for k, content in enumerate(added):
-        decoder[str(n + k)] = {"content": content, "special": True, "lstrip": False, "rstrip": False,
-                               "normalized": False, "single_word": False}
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "InternLM2Tokenizer", "added_tokens_decoder": decoder, "bos_token": "<s>",
-        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>", "model_max_length": 8192}))
-    return {content: n + k for k, content in enumerate(added)} | {"<|im_end|>": n - 2, "<|im_start|>": n - 1}
-
-
-# ---- the synthetic official checkpoint -----------------------------------------------------------
-
-def official_state(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=0.05):
-        return torch.randn(*shape, generator=g) * scale
-
-    C, inter = VIS["hidden"], VIS["inter"]
-    n_patch = (VIS["image"] // VIS["patch"]) ** 2
-    sd = {
-        "vision_model.embeddings.class_embedding": r(1, 1, C, scale=1.0),
-        "vision_model.embeddings.position_embedding": r(1, n_patch + 1, C, scale=1.0),
-        "vision_model.embeddings.patch_embedding.weight": r(C, 3, VIS["patch"], VIS["patch"]),
-        "vision_model.embeddings.patch_embedding.bias": r(C),
-    }
-    for i in range(VIS["layers"]):
-        p = f"vision_model.encoder.layers.{i}."
-        sd |= {p + "attn.qkv.weight": r(3 * C, C, scale=0.2), p + "attn.qkv.bias": r(3 * C),
-               p + "attn.proj.weight": r(C, C, scale=0.2), p + "attn.proj.bias": r(C),
-               p + "ls1": 0.5 + r(C), p + "ls2": 0.5 + r(C),
-               p + "norm1.weight": 1 + r(C), p + "norm1.bias": r(C), p + "norm2.weight": 1 + r(C),
-               p + "norm2.bias": r(C), p + "mlp.fc1.weight": r(inter, C, scale=0.2), p + "mlp.fc1.bias": r(inter),
-               p + "mlp.fc2.weight": r(C, inter, scale=0.2), p + "mlp.fc2.bias": r(C)}
-    H, D = LLM["hidden"], 4 * C
-    sd |= {"mlp1.0.weight": 1 + r(D), "mlp1.0.bias": r(D), "mlp1.1.weight": r(H, D, scale=0.1), "mlp1.1.bias": r(H),
-           "mlp1.3.weight": r(H, H, scale=0.1), "mlp1.3.bias": r(H)}
-    hd = H // LLM["heads"]
-    sd["language_model.model.tok_embeddings.weight"] = r(vocab, H, scale=1.0)
-    for i in range(LLM["layers"]):
-        p = f"language_model.model.layers.{i}."
-        sd |= {p + "attention.wqkv.weight": r((LLM["heads"] + 2 * LLM["kv"]) * hd, H, scale=0.2),
-               p + "attention.wo.weight": r(H, H, scale=0.2),
-               p + "feed_forward.w1.weight": r(LLM["inter"], H, scale=0.2),
-               p + "feed_forward.w3.weight": r(LLM["inter"], H, scale=0.2),
-               p + "feed_forward.w2.weight": r(H, LLM["inter"], scale=0.2),
-               p + "attention_norm.weight": 1 + r(H), p + "ffn_norm.weight": 1 + r(H)}
-    sd["language_model.model.norm.weight"] = 1 + r(H)
-    sd["language_model.output.weight"] = r(vocab, H, scale=0.2)
-    L = sum(pn * pn for pn in TINY_VQ.patch_nums)
-    sd |= {"word_embed.weight": r(H, TINY_VQ.z_channels), "word_embed.bias": r(H), "pos_1LC": r(1, L, H),
-           "lvl_embed.weight": r(len(TINY_VQ.patch_nums), H)}
-    torch.manual_seed(seed)
-    for k, v in MultiScaleVQVAE(TINY_VQ).state_dict().items():
-        sd["image_tokenizer." + k] = v.clone()
-    return sd
-
-
-def official_config(vocab: int) -> dict:
-    return {
-        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "template": "internvl2_5",
-        "downsample_ratio": 0.5, "force_image_size": VIS["image"], "select_layer": -1, "ps_version": "v2",
-        "dynamic_image_size": False, "use_thumbnail": False,
-        "vision_config": {"architectures": ["InternVisionModel"], "hidden_size": VIS["hidden"],
-                          "num_hidden_layers": VIS["layers"], "num_attention_heads": VIS["heads"],
-                          "intermediate_size": VIS["inter"], "qkv_bias": True, "qk_normalization": False,
-                          "norm_type": "layer_norm", "layer_norm_eps": 1e-6, "image_size": VIS["image"],
-                          "patch_size": VIS["patch"], "hidden_act": "gelu", "initializer_factor": 0.1},
-        "llm_config": {"architectures": ["InternLM2ForCausalLM"], "hidden_size": LLM["hidden"],
-                       "num_hidden_layers": LLM["layers"], "num_attention_heads": LLM["heads"],
-                       "num_key_value_heads": LLM["kv"], "intermediate_size": LLM["inter"],
-                       "rms_norm_eps": LLM["eps"], "rope_theta": LLM["theta"], "max_position_embeddings": 2048,
-                       "rope_scaling": {"type": "dynamic", "factor": 2.0}, "vocab_size": vocab,
-                       "hidden_act": "silu", "bias": False},
-    }
-
-
-def write_official(directory: Path, with_vqvae: bool = True, n_shards: int = 3,
-                   mutate=None) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    directory.mkdir(parents=True, exist_ok=True)
-    ids = write_tokenizer(directory, TINY_VQ.vocab_size)
-    vocab = max(ids.values()) + 1
-    sd = official_state(vocab)
-    if not with_vqvae:
-        sd = {k: v for k, v in sd.items() if not k.startswith("image_tokenizer.")}
-    if mutate:
-        mutate(sd)
-    (directory / "config.json").write_text(json.dumps(official_config(vocab)))
-    keys = list(sd)
-    weight_map = {}
-    for s in range(n_shards):
-        name = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
-        part = {k: sd[k].contiguous() for k in keys[s::n_shards]}
-        save_file(part, str(directory / name), metadata={"format": "pt"})
-        weight_map |= {k: name for k in part}
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return sd, ids
+from argenseg_ros.engine.vqvae import MultiScaleVQVAE
 
 
 @pytest.fixture(scope="module")
@@ -198,80 +49,6 @@ def converted(tmp_path_factory):
                                  vqvae_config=TINY_VQ, log=None)
     model, tokenizer = ARGenSegModel.from_pretrained(root / "native")
     return root, sd, ids, summary, model, tokenizer
-
-
-# ---- references computed directly from the official weights ----------------------------------
-
-def _rms(x, w, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
-
-
-def _rope(x, pos, theta):
-    hd = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
-    ang = pos[:, None].float() * inv[None]
-    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
-    return x * cos + torch.cat([-x2, x1], -1) * sin
-
-
-def internlm2_attention(sd, layer, h):
-    """InternLM2 attention from the packed wqkv: (B, T, C) normed input -> (B, T, C)."""
-    B, T, C = h.shape
-    nh, kv = LLM["heads"], LLM["kv"]
-    g, hd = nh // kv, C // nh
-    qkv = h @ sd[f"language_model.model.layers.{layer}.attention.wqkv.weight"].T
-    qkv = qkv.view(B, T, kv, g + 2, hd)
-    q = qkv[:, :, :, :g].reshape(B, T, nh, hd).transpose(1, 2)
-    k = qkv[:, :, :, g].transpose(1, 2)
-    v = qkv[:, :, :, g + 1].transpose(1, 2)
-    pos = torch.arange(T)
-    q, k = _rope(q, pos, LLM["theta"]), _rope(k, pos, LLM["theta"])
-    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C)
-    return out @ sd[f"language_model.model.layers.{layer}.attention.wo.weight"].T
-
-
-def internlm2_forward(sd, x):
-    for i in range(LLM["layers"]):
-        p = f"language_model.model.layers.{i}."
-        x = x + internlm2_attention(sd, i, _rms(x, sd[p + "attention_norm.weight"], LLM["eps"]))
-        h = _rms(x, sd[p + "ffn_norm.weight"], LLM["eps"])
-        x = x + (F.silu(h @ sd[p + "feed_forward.w1.weight"].T) * (h @ sd[p + "feed_forward.w3.weight"].T)) \
-            @ sd[p + "feed_forward.w2.weight"].T
-    return _rms(x, sd["language_model.model.norm.weight"], LLM["eps"])
-
-
-def internvit_features(sd, pixels):
-    """InternViT (no final norm) -> drop CLS -> pixel shuffle v2 -> mlp1."""
-    C, nh = VIS["hidden"], VIS["heads"]
-    x = F.conv2d(pixels, sd["vision_model.embeddings.patch_embedding.weight"],
-                 sd["vision_model.embeddings.patch_embedding.bias"], stride=VIS["patch"])
-    B, _, h, w = x.shape
-    x = x.flatten(2).transpose(1, 2)
-    x = torch.cat([sd["vision_model.embeddings.class_embedding"].expand(B, 1, C), x], 1)
-    x = x + sd["vision_model.embeddings.position_embedding"]
-    for i in range(VIS["layers"]):
-        p = f"vision_model.encoder.layers.{i}."
-        y = F.layer_norm(x, (C,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6)
-        qkv = (y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]).view(B, -1, 3, nh, C // nh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        a = ((q @ k.transpose(-1, -2)) / math.sqrt(C // nh)).softmax(-1) @ v
-        a = a.transpose(1, 2).reshape(B, -1, C) @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
-        x = x + sd[p + "ls1"] * a
-        y = F.layer_norm(x, (C,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
-        y = F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"]) @ sd[p + "mlp.fc2.weight"].T
-        x = x + sd[p + "ls2"] * (y + sd[p + "mlp.fc2.bias"])
-    x = x[:, 1:].reshape(B, h, w, C)
-    # InternVL pixel_shuffle, ps_version v2
-    n, W, Hh, c = x.shape
-    x = x.view(n, W, Hh // 2, c * 2).permute(0, 2, 1, 3).contiguous()
-    x = x.view(n, Hh // 2, W // 2, c * 4).permute(0, 2, 1, 3).reshape(n, -1, c * 4)
-    x = F.layer_norm(x, (4 * C,), sd["mlp1.0.weight"], sd["mlp1.0.bias"], 1e-5)
-    x = F.gelu(x @ sd["mlp1.1.weight"].T + sd["mlp1.1.bias"])
-    return x @ sd["mlp1.3.weight"].T + sd["mlp1.3.bias"]
 
 
 # ---- tests ---------------------------------------------------------------------------------------
@@ -378,7 +155,8 @@ def test_release_token_ids_survive_conversion(tmp_path):
     """The real id layout: 92544 sentencepiece pieces, <mask> = 92553, visual tokens from 92557."""
     filler = 92544 - SPM_SIZE
     ids = write_tokenizer(tmp_path, 4096, filler=filler)
-    tokenizer, token_ids, _ = convert_tokenizer(tmp_path, 4096)
+    converted = convert_tokenizer(tmp_path, 4096)
+    tokenizer, token_ids = converted.tokenizer, converted.token_ids
     assert token_ids == RELEASE_TOKEN_IDS
     assert len(tokenizer) == RELEASE_VOCAB_SIZE
     for content in ("<|im_end|>", "<IMG_CONTEXT>", "<ge_end>", visual_token(0), visual_token(4095)):

@@ -161,12 +161,19 @@ def test_pairs_nearest_depth_and_publishes_points_centroid_box(rig):
     assert box.scale.z == depth_3d.MIN_MARKER_SIDE_M     # a flat plane: the thinnest drawable cube
 
     # The action result's fields, copied by name.
-    class ActionResult:
-        has_3d, error_3d, centroid_3d, box_3d, points = False, "", None, None, None
+    from argenseg_ros.action import Segment  # the action type of issue 12, built by setup.py
 
-    target = ActionResult()
+    target = Segment.Result()
     result.copy_to(target)
-    assert target.has_3d and target.centroid_3d is result.centroid_3d and target.points is result.points
+    assert target.has_3d and target.error_3d == "" and target.centroid_3d == result.centroid_3d
+    assert target.points.width == 2500 and target.box_3d_pose.header.frame_id == DEPTH_FRAME
+    assert (target.box_3d_pose.pose.position.x, target.box_3d_pose.pose.orientation.w) == (
+        pytest.approx(expected[0], abs=1e-6), 1.0)
+    assert (target.box_3d_size.x, target.box_3d_size.z) == (pytest.approx(99 * z / 500, abs=1e-6), 0.0)
+    # A goal's own depth image (no pairing, nothing published): the same numbers.
+    own = r.helper.compute(rect_mask(), metres_to_depth_msg(plane(z), "32FC1", header(T0, DEPTH_FRAME)),
+                           intrinsics_to_camera_info(CAMERA))
+    assert own.has_3d and own.geometry.centroid == pytest.approx(expected, abs=1e-6)
 
     # A colour frame 1 s after the newest depth image: no 3D, a reason, no centroid published.
     centroids = len(r.got["centroid_3d"])
@@ -208,6 +215,28 @@ def test_waits_for_the_depth_image_of_the_frame(rig):
         executor.shutdown()
     assert result.has_3d and result.depth_offset_s == 0.0, result
     assert result.geometry.centroid[2] == pytest.approx(0.6)
+
+
+def test_a_held_frame_keeps_its_depth_beyond_the_buffer(rig):
+    """A segmentation slower than depth_buffer_s: the frame's depth image is kept while the node
+    holds the frame (note_frame), and let go with it."""
+    r = rig(depth_buffer_s=0.1, depth_wait_s=0.0)
+    r.send_info(CAMERA)
+
+    class Frame:   # the node's frame object: only its lifetime matters
+        pass
+
+    held = Frame()
+    r.helper.note_frame(held, header(T0))
+    r.send_depth(metres_to_depth_msg(plane(0.5), "16UC1", header(T0, DEPTH_FRAME)))
+    for i in range(1, 4):   # 0.2 .. 0.6 s later: the buffer's window has dropped the first one
+        r.send_depth(metres_to_depth_msg(plane(0.9), "16UC1", header(T0 + 0.2 * i, DEPTH_FRAME)))
+    result = r.helper.process(rect_mask(), header(T0))
+    assert result.has_3d and result.depth_offset_s == 0.0 and result.geometry.centroid[2] == pytest.approx(0.5)
+    del held
+    r.helper.note_frame(Frame(), header(T0 + 0.6))
+    gone = r.helper.process(rect_mask(), header(T0))
+    assert not gone.has_3d and "(the nearest is 0.600 s away)" in gone.error_3d
 
 
 @pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])

@@ -105,6 +105,9 @@ def test_centroid_3d_matches_the_ground_truth(start_ros_executable, test_node):
         assert "(no 3D: no camera info received yet on /depth/camera_info)" in result.parsed.text
         assert "no 3D result: no camera info received yet" in node.output()
         assert got["centroid_3d"] == [] and got["points"] == []
+        client.wait_ready(30)   # collects the node's diagnostics
+        assert client.spin_until(lambda: client.diagnostics and client.diagnostics[1].get("depth_3d") ==
+                                 "waiting for camera info on /depth/camera_info", 10), client.diagnostics
         assert camera.stop() is not None
         assert client.spin_until(lambda: scenes, 10)
         first_camera_start = json.loads(scenes[-1].data)["start_stamp"]
@@ -147,6 +150,7 @@ def test_centroid_3d_matches_the_ground_truth(start_ros_executable, test_node):
                                              - truth_centroid(seed, index)))
                 measured.append((seed, instruction, scene.objects[index].kind, round(iou, 3),
                                  round(error * 1000, 1)))
+        assert client.spin_until(lambda: client.diagnostics[1]["depth_3d"].endswith("depth images buffered"), 10)
         print("\n(seed, instruction, kind, IoU, centroid error mm):", *measured, sep="\n  ")
         selected = [m for m in measured if m[3] >= MIN_IOU]
         assert selected, f"no referent segmented with IoU >= {MIN_IOU}: {measured}"

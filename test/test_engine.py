@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 import torch
 
+from argenseg_ros.engine.config import GE_START_BARE, GE_START_WITH_LEVEL_AND_POSITION, ARGenSegConfig
 from argenseg_ros.engine.generation import cfg_logits, generate
 from argenseg_ros.engine.model import ARGenSegModel, ModelLoadError, random_model
 from argenseg_ros.engine.segmenter import InputError, Segmenter
 from argenseg_ros.engine.sequence import build_teacher_batch, mask_tokens_from_ids, teacher_forward
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = random_model(seed=0)
+@pytest.fixture(scope="module", params=[GE_START_BARE, GE_START_WITH_LEVEL_AND_POSITION])
+def tiny(request):
+    """A random model with either <ge_start> slot rule: the release's, and the shipped tabletop model's."""
+    model, tokenizer = random_model(seed=0, ge_start_slot_embedding=request.param)
     ids = model.config.token_ids
     # Bias the head towards <ge_start> so that random weights still produce masks.
     with torch.no_grad():
@@ -21,7 +23,7 @@ def tiny():
 
 
 def _prompts(model, tokenizer, instructions):
-    rows = [tokenizer(model.build_prompt(t), add_special_tokens=False)["input_ids"] for t in instructions]
+    rows = [model.prompt_ids(tokenizer, t) for t in instructions]
     T = max(map(len, rows))
     ids = torch.full((len(rows), T), model.config.token_ids["pad"])
     valid = torch.zeros(len(rows), T, dtype=torch.bool)
@@ -49,9 +51,12 @@ def test_kv_cache_generation_matches_one_teacher_forced_forward(tiny):
     model, tokenizer = tiny
     instructions = ["the red cup", "segment the small blue box left of the ball"]
     prompts, ids, valid = _prompts(model, tokenizer, instructions)
-    pixels = torch.randn(2, 3, model.image_size, model.image_size)
+    pixels = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     out = generate(model, ids, valid, pixels, max_new_tokens=6, max_masks=2, record_logits=True)
     assert all(len(m) >= 1 for m in out.mask_codes), "the biased model must generate masks"
+    # a random model's text may be any token; an <IMG_CONTEXT> would take image features in the
+    # teacher-forced pass only (seeded so that it does not come up)
+    assert not any(model.config.token_ids["img_context"] in row for row in out.token_ids)
 
     answers = [_answer_items(model, out.token_ids[b], out.mask_codes[b]) for b in range(2)]
     # The final eos (if any) is an output, not an input: drop it from the teacher sequence.
@@ -82,6 +87,42 @@ def test_kv_cache_generation_matches_one_teacher_forced_forward(tiny):
         assert n_visual_tokens == len(out.mask_codes[b]) * model.num_slots
         assert out.step_logits[b][-1][0] == "text"
     assert V == model.vocab_size - model.config.token_ids["visual_offset"]
+
+
+def test_ge_start_slot_embedding_follows_the_config(tiny):
+    model, _ = tiny
+    ids = model.config.token_ids
+    L, C = model.num_slots, model.pos_1LC.shape[-1]
+    tokens = torch.tensor([[5, ids["ge_start"]] + [ids["mask_context"]] * (L - 1)])
+    slots = torch.tensor([[-1] + list(range(L))])
+    inputs = torch.randn(1, L + 1, model.vqvae.cfg.z_channels, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = model.embed(tokens, slot_BT=slots, slot_inputs_BTC=inputs)[0]
+        table = model.backbone.get_input_embeddings().weight
+        lvl, pos = model.lvl_embed.weight, model.pos_1LC[0]
+        assert torch.equal(got[0], table[5])                                    # text: its token only
+        slot0 = table[ids["ge_start"]]
+        if model.config.ge_start_slot_embedding == GE_START_WITH_LEVEL_AND_POSITION:
+            slot0 = slot0 + pos[0] + lvl[0]
+        torch.testing.assert_close(got[1], slot0, rtol=0, atol=1e-6)
+        scale = model.scale_of_slot
+        expected = model.word_embed(inputs[0, 2:]) + pos[1:] + lvl[scale[1:]]  # slots >= 1: either rule
+        torch.testing.assert_close(got[2:], expected, rtol=0, atol=1e-6)
+    assert got.shape == (L + 1, C)
+
+
+def test_config_rules_are_checked_and_default_to_the_reference(tiny):
+    model, _ = tiny
+    data = model.config.to_dict()
+    for key in ("bos_token_id", "image_resize", "ge_start_slot_embedding", "mask_postprocessing"):
+        data.pop(key)
+    old = ARGenSegConfig.from_dict(data)    # a config.json written before these fields: the reference's rules
+    assert (old.bos_token_id, old.image_resize, old.ge_start_slot_embedding, old.mask_postprocessing) == (
+        None, "pil_bicubic", "token", "pil_luma_uint8")
+    for key, bad in (("image_resize", "bilinear"), ("ge_start_slot_embedding", "lvl"), ("mask_postprocessing", "mean"),
+                     ("bos_token_id", "1")):
+        with pytest.raises(ModelLoadError, match=key):
+            ARGenSegConfig.from_dict({**data, key: bad})
 
 
 def test_teacher_targets_follow_the_layout(tiny):
@@ -116,7 +157,7 @@ def test_generation_with_guidance_and_raster_order(tiny):
     model, tokenizer = tiny
     _, ids, valid = _prompts(model, tokenizer, ["the red cup"])
     _, u_ids, u_valid = _prompts(model, tokenizer, [""])
-    pixels = torch.randn(1, 3, model.image_size, model.image_size)
+    pixels = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     plain = generate(model, ids, valid, pixels, max_new_tokens=4, max_masks=1)
     guided = generate(model, ids, valid, pixels, max_new_tokens=4, max_masks=1, cfg_scale=3.0,
                       uncond_input_ids_BT=u_ids, uncond_valid_BT=u_valid)
@@ -127,7 +168,7 @@ def test_generation_with_guidance_and_raster_order(tiny):
     raster = generate(model, ids, valid, pixels, max_new_tokens=4, max_masks=1, raster_order=True)
     visual = [t for t in raster.token_ids[0] if t >= model.config.token_ids["visual_offset"]]
     assert len(visual) == model.num_slots
-    assert raster.mask_probs[0][0].shape == plain.mask_probs[0][0].shape
+    assert raster.mask_images[0][0].shape == plain.mask_images[0][0].shape == (3, 8, 8)
 
 
 def test_save_load_round_trip_gives_identical_outputs(tiny, tmp_path):

@@ -173,7 +173,30 @@ def test_targets():
               "questions": {"accuracy": 0.9}, "latency": {"per_mask": {"median_ms": None}}}
     marks = {t["name"]: t["passed"] for t in evaluation.check_targets(report)}
     assert marks == {"referring cIoU": True, "referring gIoU": False, "absent-referent accuracy": True,
-                     "question accuracy": True, "median latency per mask (ms)": None}
+                     "question accuracy": True, "count accuracy, non-zero answers": None,
+                     "yes/no balanced accuracy": None, "median latency per mask (ms)": None}
+    report["questions"].update(count_nonzero={"accuracy": 0.84}, exists_balanced_accuracy=0.9)
+    report["latency"]["per_mask"]["median_ms"] = 100.0
+    marks = {t["name"]: t["passed"] for t in evaluation.check_targets(report)}
+    assert marks["count accuracy, non-zero answers"] is False and marks["yes/no balanced accuracy"] is True
+    assert marks["median latency per mask (ms)"] is True   # the issue's <= 100 ms
+
+
+def test_question_breakdowns_nonzero_counts_and_balanced_yes_no():
+    acc = Accumulator()
+    cases = [("count_kind", "There are no cups.", "There are no cups."),     # zero answer: not in count_nonzero
+             ("count_kind", "There are 3 cups.", "There are no cups."),      # the shipped model's habit
+             ("count_colour", "There is one red object.", "There is one red object."),
+             ("exists", "Yes.", "Yes."), ("exists", "No.", "Yes."), ("exists", "No.", "No."),
+             ("exists", "No.", "No."), ("exists", "Yes.", "No.")]
+    for t, expected, reply in cases:
+        acc.add(score_query(_query(t, expected), _result(reply)))
+    q = acc.summary()["questions"]
+    assert q["count_nonzero"]["n"] == 2 and q["count_nonzero"]["accuracy"] == 0.5
+    assert (q["exists_yes"]["n"], q["exists_yes"]["accuracy"]) == (2, 0.5)
+    assert (q["exists_no"]["n"], q["exists_no"]["accuracy"]) == (3, 2 / 3)
+    assert q["exists_balanced_accuracy"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert q["accuracy"] == 5 / 8
 
 
 # ----------------------------------------------------------------------------- evaluate()

@@ -50,8 +50,8 @@ def _assert_same_generation(eager, fast, atol: float):
         assert len(codes_e) == len(codes_f)
         for mask_e, mask_f in zip(codes_e, codes_f):
             assert all(torch.equal(a, b) for a, b in zip(mask_e, mask_f, strict=True))
-    for probs_e, probs_f in zip(eager.mask_probs, fast.mask_probs, strict=True):
-        for a, b in zip(probs_e, probs_f, strict=True):
+    for images_e, images_f in zip(eager.mask_images, fast.mask_images, strict=True):
+        for a, b in zip(images_e, images_f, strict=True):
             torch.testing.assert_close(b, a, atol=atol, rtol=0)
     for steps_e, steps_f in zip(eager.step_logits, fast.step_logits, strict=True):
         assert [kind for kind, _ in steps_e] == [kind for kind, _ in steps_f]

@@ -57,7 +57,8 @@ def _clone_like_copy(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def source_copy(tmp_path_factory) -> Path:
-    return _clone_like_copy(tmp_path_factory.mktemp("clone") / PACKAGE)
+    """The clone, as a ROS user has it: <workspace>/src/argenseg_ros."""
+    return _clone_like_copy(tmp_path_factory.mktemp("ws") / "src" / PACKAGE)
 
 
 def _site_packages(prefix: Path) -> Path:
@@ -81,10 +82,12 @@ def _install(route: str, source: Path, work: Path) -> Path:
               "--no-warn-script-location", "--ignore-installed", "--prefix", str(prefix), str(source)])
         return prefix
     if route == "colcon":
+        # The ROS user's one command, in the workspace: plain `colcon build` (build/, install/, log/
+        # next to src/). It builds the package and its action type (setup.py -> rosidl).
         colcon = Path(sys.executable).parent / "colcon"
-        _run([str(colcon), "--log-base", str(work / "log"), "build", "--base-paths", str(source),
-              "--build-base", str(work / "build"), "--install-base", str(work / "install")], cwd=work)
-        return work / "install" / PACKAGE
+        workspace = source.parent.parent
+        _run([str(colcon), "build"], cwd=workspace)
+        return workspace / "install" / PACKAGE
     raise ValueError(route)
 
 

@@ -83,7 +83,7 @@ def test_repeat_throttle_lets_one_through_per_interval_with_a_count():
     held = throttle.admit("bad frame")
     assert held == 28
     assert throttle.with_count("bad frame", held) == (
-        "bad frame (and 28 identical ones since the last report, not each reported)")
+        "bad frame (and 28 more like it since the last report)")
     assert throttle.with_count("bad frame", 0) == "bad frame"
     for key in ("a", "b", "c", "d"):               # bounded memory: the oldest key is forgotten
         throttle.admit(key)

@@ -107,15 +107,18 @@ class Client:
             for status in msg.status:
                 self.diagnostics[status.name] = status
 
-    def add_target(self, name: str, image_type, image_topic: str) -> Target:
+    def add_target(self, name: str, image_type, image_topic: str, command_depth: int = 20) -> Target:
+        """Publishers and subscriptions of node ``name``, reliable; commands and replies keep the last
+        ``command_depth`` (a burst test needs them all), images and masks the last 20."""
         from geometry_msgs.msg import PointStamped
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image, RegionOfInterest
         from std_msgs.msg import String
 
         reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        deep = QoSProfile(depth=command_depth, reliability=ReliabilityPolicy.RELIABLE)
         target = Target(name, self.node.create_publisher(image_type, image_topic, reliable),
-                        self.node.create_publisher(String, f"/{name}/command", reliable))
+                        self.node.create_publisher(String, f"/{name}/command", deep))
 
         def on_reply(msg):
             m = REPLY_RE.match(msg.data)
@@ -134,7 +137,7 @@ class Client:
                 target.rois.append(msg)
 
         target.subs = [
-            self.node.create_subscription(String, f"/{name}/reply", on_reply, reliable),
+            self.node.create_subscription(String, f"/{name}/reply", on_reply, deep),
             self.node.create_subscription(Image, f"/{name}/mask", keyed(target.masks), reliable),
             self.node.create_subscription(RegionOfInterest, f"/{name}/roi", on_roi, reliable),
             self.node.create_subscription(PointStamped, f"/{name}/centroid", keyed(target.centroids), reliable),

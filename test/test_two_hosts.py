@@ -9,6 +9,11 @@ ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (rmw_fastrtps turns multicast off; its i
 and the reply can only meet by crossing the veth. The client sends a referring instruction of the
 camera's scene and must get the mask of a frame the camera published (same stamp, frame_id, size),
 while the veth counters show the frames crossed. Without root or `ip` the test skips, saying why.
+
+The same again with a Fast DDS Discovery Server (the wheel's fast-discovery-server, listening on
+192.0.2.1:11811 in namespace a) and ROS_DISCOVERY_SERVER in every process: clients discover only
+through the server (LOCALHOST range and no static peers: without the server the namespaces would
+not find each other); frames and masks still go straight between the two hosts.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONFIG_DIR, PARAMS_FILE, package_executable, ros_env
-from netns_pair import NetnsPair, NetnsUnavailable, unavailable_reason
+from conftest import CONFIG_DIR, PARAMS_FILE, RosProcess, package_executable, ros_env
+from netns_pair import DISCOVERY_SERVER_PORT, NetnsPair, NetnsUnavailable, discovery_server_command, unavailable_reason
 
 MULTIHOST_PROFILE = CONFIG_DIR / "fastdds_multihost.xml"
 WIDTH, HEIGHT, RATE_HZ = 640, 480, 5.0
@@ -69,14 +74,22 @@ rclpy.shutdown()
 """
 
 
-def _host_env(tmp_path, name: str, peer: str) -> dict[str, str]:
+def _host_env(tmp_path, name: str, discovery: str, peer: str, server: str) -> dict[str, str]:
     home = tmp_path / f"ros_home_{name}"
     (home / "log").mkdir(parents=True)
-    return ros_env(
-        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_STATIC_PEERS=peer,
+    if discovery == "static_peers":   # unicast to 127.0.0.1 and the other namespace only, no multicast
+        extra = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_STATIC_PEERS": peer}
+    else:   # Fast DDS clients of the server (ROS_DISCOVERY_SERVER), no static peers: without the
+        # server the two namespaces could not find each other (LOCALHOST range: no multicast)
+        extra = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                 "ROS_DISCOVERY_SERVER": f"{server}:{DISCOVERY_SERVER_PORT}"}
+    env = ros_env(
         FASTRTPS_DEFAULT_PROFILES_FILE=str(MULTIHOST_PROFILE), RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
-        ROS_HOME=str(home), ROS_LOG_DIR=str(home / "log"),
+        ROS_HOME=str(home), ROS_LOG_DIR=str(home / "log"), **extra,
     )
+    for key in {"ROS_STATIC_PEERS", "ROS_DISCOVERY_SERVER", "ROS_SUPER_CLIENT"} - set(extra):
+        env.pop(key, None)
+    return env
 
 
 @pytest.fixture
@@ -97,7 +110,8 @@ def two_hosts():
 
 
 @pytest.mark.timeout(170)
-def test_frame_command_and_mask_cross_between_two_hosts(two_hosts, start_ros_executable, tmp_path):
+@pytest.mark.parametrize("discovery", ["static_peers", "discovery_server"])
+def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, start_ros_executable, tmp_path):
     a, b = two_hosts.a, two_hosts.b
     # The namespaces reach each other and nothing else: one on-link route, no default route.
     for ns in (a, b):
@@ -110,13 +124,27 @@ def test_frame_command_and_mask_cross_between_two_hosts(two_hosts, start_ros_exe
         exe = argv0 or str(package_executable(name))
         return start_ros_executable(name, "netns", "exec", ns.name, exe, *args, env=env, executable=ip)
 
-    env_a, env_b = _host_env(tmp_path, "a", b.address), _host_env(tmp_path, "b", a.address)
+    server = None
+    if discovery == "discovery_server":   # the fleet's server, on host a's address
+        argv, server_env = discovery_server_command(a.address, DISCOVERY_SERVER_PORT)
+        if argv is None:
+            pytest.skip(f"no Discovery Server here: {server_env}")
+        server = RosProcess(a.wrap(argv), server_env, tmp_path / "discovery_server.log")
+        if not server.wait_for_output("Server is running", timeout=20):
+            server.stop()
+            pytest.fail(f"fast-discovery-server did not start:\n{server.output()}")
+    env_a = _host_env(tmp_path, "a", discovery, b.address, a.address)
+    env_b = _host_env(tmp_path, "b", discovery, a.address, a.address)
     before = b.device_counters()
     node = in_ns(b, "segment_node", "--ros-args", "--params-file", str(PARAMS_FILE), env=env_b)
     camera = in_ns(a, "demo_camera", "--ros-args", "-p", f"rate_hz:={RATE_HZ}", "-p", f"width:={WIDTH}",
                    "-p", f"height:={HEIGHT}", "-p", "scene_period_s:=0.0", "-p", f"frame_id:={FRAME_ID}",
                    env=env_a)
-    client = in_ns(a, "two_hosts_client", "-c", CLIENT, env=env_a, argv0=sys.executable)
+    # CommandClient looks up the node's publishers in the ROS graph before it subscribes to them. A
+    # Discovery Server tells a plain client only about endpoints matching its own, so graph
+    # introspection needs a super client (as ros2 topic/node and argenseg-send do under a server).
+    env_client = dict(env_a, ROS_SUPER_CLIENT="TRUE") if server else env_a
+    client = in_ns(a, "two_hosts_client", "-c", CLIENT, env=env_client, argv0=sys.executable)
     try:
         finished = client.wait_for_output("RESULT ", timeout=150)
         try:
@@ -128,7 +156,7 @@ def test_frame_command_and_mask_cross_between_two_hosts(two_hosts, start_ros_exe
         assert finished and code == 0, logs
         after = b.device_counters()
     finally:
-        for proc in (client, camera, node):
+        for proc in (client, camera, node, *([server] if server else [])):
             proc.stop(timeout=10)
 
     result = json.loads(client.output().split("RESULT ", 1)[1].splitlines()[0])
@@ -149,6 +177,6 @@ def test_frame_command_and_mask_cross_between_two_hosts(two_hosts, start_ros_exe
     frame_bytes = WIDTH * HEIGHT * 3
     assert after["rx_bytes"] - before["rx_bytes"] >= 2 * frame_bytes, (before, after)
     assert after["tx_bytes"] - before["tx_bytes"] >= WIDTH * HEIGHT, (before, after)
-    print(f"two hosts: {result['instruction']!r} -> {result['reply']!r}, "
+    print(f"two hosts ({discovery}): {result['instruction']!r} -> {result['reply']!r}, "
           f"ready after {result['ready_s']} s, latency {result['latency_ms']} ms, "
           f"veth b rx {(after['rx_bytes'] - before['rx_bytes']) / 1e6:.1f} MB")

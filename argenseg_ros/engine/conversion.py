@@ -11,9 +11,8 @@ or split, cast, and appended to an output shard that is written as soon as it is
 about one output shard plus one tensor (8B with 4 GB shards: well under 24 GB). All names and
 shapes are checked against the target model (built on the meta device) before anything is written.
 
-The sentencepiece `tokenizer.model` (parsed with sentencepiece's protobuf schema) is converted by
-transformers to a fast Llama tokenizer (legacy=False, no prefix space); every added token, special and
-visual, keeps its original id.
+The sentencepiece `tokenizer.model` becomes a fast tokenizer that gives the reference's ids
+(`release_tokenizer.py`); every added token, special and visual, keeps its original id.
 
 CLI: argenseg-convert --checkpoint DIR [--vqvae vae_ch160v4096z32.pth] --out DIR [--dtype bfloat16]
                       [--shard-size-gb 4]
@@ -32,20 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from google.protobuf.message import DecodeError
 from safetensors import safe_open
-from sentencepiece import sentencepiece_model_pb2
-from tokenizers import AddedToken
-from transformers import LlamaTokenizerFast, PreTrainedTokenizerFast
 
 from .config import CONFIG_FILE
 from .model import ARGenSegModel, ShardedSafetensorsWriter
-from .release import (
-    INTERNVL2_5_CHAT_TEMPLATE,
-    ConversionError,
-    config_from_official,
-)
-from .tokenization import resolve_token_ids, visual_token
+from .release import ConversionError, config_from_official
+from .release_tokenizer import convert_tokenizer
 from .vqvae import VQVAEConfig
 
 __all__ = ["ConversionError", "convert_checkpoint", "plan_conversion", "split_wqkv", "convert_tokenizer", "main"]
@@ -53,7 +44,6 @@ __all__ = ["ConversionError", "convert_checkpoint", "plan_conversion", "split_wq
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 OFFICIAL_INDEX = "model.safetensors.index.json"
 OFFICIAL_SINGLE = "model.safetensors"
-SPM_FILE = "tokenizer.model"
 
 # ------------------------------------------------------------------------------------------------
 # weights: the plan (names and shapes, no data) and the transforms
@@ -271,136 +261,6 @@ def load_vqvae_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------
-# tokenizer: sentencepiece's own protobuf schema reads tokenizer.model, transformers builds the fast
-# Llama tokenizer from it (the route LlamaTokenizerFast.from_pretrained takes for a .model file)
-
-
-def _spm_proto(path: Path) -> Any:
-    """tokenizer.model parsed with sentencepiece's ModelProto (sentencepiece_model_pb2, via protobuf)."""
-    if not path.is_file():
-        raise ConversionError(f"tokenizer file {str(path)!r} does not exist")
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        proto.ParseFromString(path.read_bytes())
-    except DecodeError as err:
-        raise ConversionError(f"{path} is not a sentencepiece model: {err}") from err
-    if not proto.pieces:
-        raise ConversionError(f"{path} holds no sentencepiece pieces (not a sentencepiece model?)")
-    return proto
-
-
-def _added_tokens(checkpoint: Path) -> dict[int, dict[str, Any]]:
-    """id -> AddedToken fields, from tokenizer_config.json's added_tokens_decoder and added_tokens.json."""
-    added: dict[int, dict[str, Any]] = {}
-    config_path = checkpoint / "tokenizer_config.json"
-    if config_path.is_file():
-        for key, value in json.loads(config_path.read_text()).get("added_tokens_decoder", {}).items():
-            added[int(key)] = dict(value)
-    json_path = checkpoint / "added_tokens.json"
-    if json_path.is_file():
-        for content, token_id in json.loads(json_path.read_text()).items():
-            old = added.get(int(token_id))
-            if old is not None and old["content"] != content:
-                raise ConversionError(f"id {token_id} is {old['content']!r} in tokenizer_config.json but "
-                                      f"{content!r} in added_tokens.json")
-            added.setdefault(int(token_id), {"content": content, "special": True})
-    return added
-
-
-def convert_tokenizer(checkpoint: Path, codebook_size: int) -> tuple[PreTrainedTokenizerFast, dict[str, int], list[str]]:
-    """The release's sentencepiece tokenizer + added tokens -> a fast Llama tokenizer with the same ids.
-
-    transformers converts tokenizer.model (legacy=False, no prefix space: text after a special token
-    gets no leading "▁"); the added tokens of tokenizer_config.json / added_tokens.json are then appended
-    in id order, and every one is checked to keep its id. Returns the tokenizer, the resolved token ids
-    (tokenization.resolve_token_ids) and notes.
-    """
-    spm_path = checkpoint / SPM_FILE
-    proto = _spm_proto(spm_path)
-    pieces = [p.piece for p in proto.pieces]
-    n = len(pieces)
-    first: dict[str, int] = {}
-    for i, piece in enumerate(pieces):
-        if piece in first:
-            raise ConversionError(f"tokenizer.model holds piece {piece!r} twice (ids {first[piece]} and {i})")
-        first[piece] = i
-    if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
-        kind = proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type)
-        raise ConversionError(f"tokenizer.model is a sentencepiece {kind} model; the Llama tokenizer needs BPE")
-    notes: list[str] = []
-    if proto.normalizer_spec.add_dummy_prefix:
-        notes.append("tokenizer.model asks for a dummy prefix; converted without one (legacy=False, as InternVL)")
-
-    def piece(index: int) -> str | None:
-        return pieces[index] if 0 <= index < n else None
-
-    spec = proto.trainer_spec
-    try:
-        native = LlamaTokenizerFast.convert_to_native_format(vocab_file=str(spm_path), legacy=False,
-                                                             add_prefix_space=False)
-        tokenizer = LlamaTokenizerFast(**native, unk_token=piece(spec.unk_id), bos_token=piece(spec.bos_id),
-                                       eos_token=piece(spec.eos_id), clean_up_tokenization_spaces=False)
-    except Exception as err:  # transformers / sentencepiece raise several types here
-        raise ConversionError(f"transformers could not convert {spm_path}: {err}") from err
-    if tokenizer.vocab_size != n:
-        raise ConversionError(f"the converted vocabulary has {tokenizer.vocab_size} tokens, tokenizer.model {n} pieces")
-
-    added = _added_tokens(checkpoint)
-    for token_id, info in sorted(added.items()):
-        if token_id < n and info["content"] != pieces[token_id]:
-            raise ConversionError(f"added token {info['content']!r} claims id {token_id}, which tokenizer.model "
-                                  f"gives to {pieces[token_id]!r}")
-    beyond = sorted(i for i in added if i >= n)
-    if beyond and beyond != list(range(n, n + len(beyond))):
-        gap = next(i for k, i in enumerate(beyond) if i != n + k)
-        raise ConversionError(f"added token ids must follow tokenizer.model's {n} pieces without gaps; "
-                              f"id {gap} comes after {n + beyond.index(gap) - 1}")
-    # In id order, in runs of equal specialness; pieces of tokenizer.model only take the config's flags.
-    run: list[AddedToken] = []
-    run_special: bool | None = None
-
-    def flush() -> None:
-        if run:
-            tokenizer.add_tokens(list(run), special_tokens=bool(run_special))
-            run.clear()
-
-    for _, info in sorted(added.items()):
-        special = bool(info.get("special", True))
-        if special != run_special:
-            flush()
-            run_special = special
-        run.append(AddedToken(info["content"], single_word=bool(info.get("single_word", False)),
-                              lstrip=bool(info.get("lstrip", False)), rstrip=bool(info.get("rstrip", False)),
-                              normalized=bool(info.get("normalized", False)), special=special))
-    flush()
-    moved = [(info["content"], i, tokenizer.convert_tokens_to_ids(info["content"])) for i, info in sorted(added.items())
-             if tokenizer.convert_tokens_to_ids(info["content"]) != i]
-    if moved:
-        raise ConversionError(f"{len(moved)} added token(s) would change id, e.g. " +
-                              ", ".join(f"{c!r} {a}->{b}" for c, a, b in moved[:3]))
-
-    tk_config = {}
-    if (checkpoint / "tokenizer_config.json").is_file():
-        tk_config = json.loads((checkpoint / "tokenizer_config.json").read_text())
-    vocab = tokenizer.get_vocab()
-    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):   # only tokens it already has
-        value = tk_config.get(name)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str) and value in vocab:
-            setattr(tokenizer, name, value)
-    tokenizer.model_max_length = int(tk_config.get("model_max_length", 8192))
-    tokenizer.chat_template = tk_config.get("chat_template") or INTERNVL2_5_CHAT_TEMPLATE
-    try:
-        token_ids = resolve_token_ids(tokenizer, codebook_size)
-    except ValueError as err:
-        raise ConversionError(f"the release tokenizer lacks ARGenSeg tokens: {err}") from err
-    if tokenizer.convert_tokens_to_ids(visual_token(codebook_size)) not in (None, tokenizer.unk_token_id):
-        raise ConversionError(f"tokenizer has more than {codebook_size} visual tokens")
-    return tokenizer, token_ids, notes
-
-
-# ------------------------------------------------------------------------------------------------
 # the conversion
 
 
@@ -435,7 +295,8 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, vqvae_path: str 
         raise ConversionError(f"{checkpoint / 'config.json'} is not valid JSON: {err}") from err
 
     vq_cfg = vqvae_config or VQVAEConfig.var_ch160v4096z32()
-    tokenizer, token_ids, notes = convert_tokenizer(checkpoint, vq_cfg.vocab_size)
+    converted = convert_tokenizer(checkpoint, vq_cfg.vocab_size)
+    tokenizer, token_ids, notes = converted.tokenizer, converted.token_ids, list(converted.notes)
     vocab_size = len(tokenizer)
     declared = official.get("llm_config", {}).get("vocab_size")
     if declared is not None and int(declared) != vocab_size:
@@ -443,7 +304,8 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, vqvae_path: str 
                      f"the embedding shapes decide")
     config = config_from_official(official, token_ids, vocab_size, vq_cfg, extra={
         "converted_from": checkpoint.name, "source_template": official.get("template"),
-        "converter": "argenseg-convert", "vqvae_source": Path(vqvae_path).name if vqvae_path else "image_tokenizer.*"})
+        "converter": "argenseg-convert", "vqvae_source": Path(vqvae_path).name if vqvae_path else "image_tokenizer.*"},
+        bos_token_id=converted.bos_token_id)
     try:
         with torch.device("meta"):
             meta_model = ARGenSegModel(config)
@@ -482,7 +344,7 @@ def convert_checkpoint(checkpoint: str | Path, out: str | Path, vqvae_path: str 
     summary = {
         "checkpoint": str(checkpoint), "out": str(out), "dtype": str(torch_dtype).replace("torch.", ""),
         "tensors": written, "bytes": writer.total_bytes, "files": [f.name for f in files],
-        "vocab_size": vocab_size, "token_ids": token_ids, "vqvae_from": "--vqvae" if vq_state is not None
+        "vocab_size": vocab_size, "token_ids": token_ids, "bos_token_id": converted.bos_token_id, "vqvae_from": "--vqvae" if vq_state is not None
         else "image_tokenizer.*", "skipped_keys": len(plan.skipped), "notes": notes,
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -523,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"converted {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB, {summary['dtype']}) "
           f"into {len(summary['files'])} file(s) in {summary['out']} in {summary['seconds']} s")
     print(f"vocabulary {summary['vocab_size']}: eos {ids['eos']}, <IMG_CONTEXT> {ids['img_context']}, "
-          f"<ge_start> {ids['ge_start']}, visual tokens {ids['visual_offset']}..{summary['vocab_size'] - 1}; "
+          f"<ge_start> {ids['ge_start']}, visual tokens {ids['visual_offset']}..{summary['vocab_size'] - 1}, "
+          f"prompt BOS {summary['bos_token_id']}; "
           f"VQ-VAE from {summary['vqvae_from']}")
     for note in summary["notes"]:
         print(f"note: {note}")

@@ -1,10 +1,11 @@
 """One generation loop for text and masks (ARGenSeg, next-scale prediction).
 
-Greedy text; when a row emits `<ge_start>` it is fed with its scale-0 slot, whose visual logits give
-scale 0; each later scale is ONE forward over all its pn^2 next-scale inputs with the KV cache; after
-the last scale f_hat is decoded once, `<ge_end>` is forced and the text goes on. Rows of a batch may be
-in different phases: each step feeds every row a chunk of its own length, right-padded, and the
-padded keys stay masked in the cache, so rows never see each other's padding.
+Greedy text (over the head's text rows only: `ARGenSegModel.text_logits`); when a row emits
+`<ge_start>` it is fed with its scale-0 slot, whose visual logits give scale 0; each later scale
+is ONE forward over all its pn^2 next-scale inputs with the KV cache; after the last scale f_hat is
+decoded once, `<ge_end>` is forced and the text goes on. Rows of a batch may be in different
+phases: each step feeds every row a chunk of its own length, right-padded, and the padded keys
+stay masked in the cache, so rows never see each other's padding.
 
 Each forward goes through a decoder (`static_decode.py`): `fast=True` (default) uses the static KV
 cache and the lean LLM forward (CUDA graphs optional), `fast=False` the eager reference, transformers'
@@ -38,7 +39,7 @@ class Phase(Enum):
 @dataclass
 class GenerationOutput:
     token_ids: list[list[int]]                        # per row: generated ids (text, <ge_start>, visual, <ge_end>)
-    mask_probs: list[list[torch.Tensor]]              # per row, per mask: (Hm, Wm) grey in [0, 1], float32 cpu
+    mask_images: list[list[torch.Tensor]]             # per row, per mask: decoded (3, Hm, Wm) in [-1, 1], float32 cpu
     mask_codes: list[list[list[torch.Tensor]]]        # per row, per mask, per scale: (pn*pn,) code ids
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prefill, text_decode, mask_decode, vqvae_decode
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = None  # per row: ("text"|"visual", logits) in order
@@ -120,7 +121,7 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
 
     rows = [_Row() for _ in range(B)]
     token_ids: list[list[int]] = [[] for _ in range(B)]
-    mask_probs: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    mask_images: list[list[torch.Tensor]] = [[] for _ in range(B)]
     mask_codes: list[list[list[torch.Tensor]]] = [[] for _ in range(B)]
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = [[] for _ in range(B)] if record_logits else None
     f_hat = model.vqvae.empty_fhat(B, device=device, dtype=dtype)
@@ -167,7 +168,7 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
                     token_ids[b].append(ids["ge_end"])
         if finished_masks:
             t_vq = time.perf_counter()
-            _decode_masks(model, rows, finished_masks, f_hat, mask_probs, mask_codes, raster_order)
+            _decode_masks(model, rows, finished_masks, f_hat, mask_images, mask_codes, raster_order)
             timings["vqvae_decode"] += time.perf_counter() - t_vq
         if all(row.phase is Phase.DONE for row in rows):
             break
@@ -183,7 +184,7 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
         text_hidden = chunk_hidden[torch.arange(R, device=device), last]
         timings["mask_decode" if in_mask else "text_decode"] += time.perf_counter() - t_step
 
-    return GenerationOutput(token_ids=token_ids, mask_probs=mask_probs, mask_codes=mask_codes,
+    return GenerationOutput(token_ids=token_ids, mask_images=mask_images, mask_codes=mask_codes,
                             timings=timings, step_logits=step_logits,
                             decoder=step_decoder if isinstance(step_decoder, StaticDecoder) else None)
 
@@ -229,7 +230,7 @@ def _raster_step(model: ARGenSegModel, row: _Row, codes: torch.Tensor) -> None:
 
 
 def _decode_masks(model: ARGenSegModel, rows: list[_Row], finished: list[int], f_hat: torch.Tensor,
-                  mask_probs: list, mask_codes: list, raster_order: bool) -> None:
+                  mask_images: list, mask_codes: list, raster_order: bool) -> None:
     """Decode the final f_hat of every row that just completed a mask: one VQ-VAE decode each."""
     if raster_order:
         for b in finished:
@@ -238,10 +239,9 @@ def _decode_masks(model: ARGenSegModel, rows: list[_Row], finished: list[int], f
             f_hat[b:b + 1] = model.vqvae.idx_to_fhat([c[None] for c in per_scale])
             rows[b].codes = per_scale
     index = torch.tensor(finished, device=f_hat.device)
-    images = model.vqvae.fhat_to_img(f_hat[index])
-    probs = model.vqvae.images_to_mask_probs(images).float().cpu()
+    images = model.vqvae.fhat_to_img(f_hat[index]).float().cpu()   # post-processing is the caller's
     for i, b in enumerate(finished):
-        mask_probs[b].append(probs[i])
+        mask_images[b].append(images[i])
         mask_codes[b].append(rows[b].codes)
         f_hat[b].zero_()
 

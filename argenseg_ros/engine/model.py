@@ -9,8 +9,9 @@ Sequence layout of one mask (L = sum(pn^2) slots, K scales), shared by training 
     ... text  <ge_start>  [scale-1 inputs] ... [scale-(K-1) inputs]  <ge_end>  text ...
     slot:        0          1 .. pn_1^2          ..            L-1
 
-Slot 0 (`<ge_start>`) carries its token embedding plus `lvl_embed(0) + pos_1LC[0]` (as VAR's start
-token) and predicts scale 0; every slot of scale k >= 1 carries `word_embed(area-downsampled f_hat)
+Slot 0 (`<ge_start>`) carries its bare token embedding, as in the release (the shipped tabletop
+model was trained with `lvl_embed(0) + pos_1LC[0]` added there: config `ge_start_slot_embedding`)
+and predicts scale 0; every slot of scale k >= 1 carries `word_embed(area-downsampled f_hat)
 + lvl_embed(k) + pos_1LC[slot]` and predicts the code at the same place of scale k. Attention is
 plain causal over the whole sequence, so one forward per scale with a KV cache reproduces the
 teacher-forced forward exactly.
@@ -23,8 +24,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import cv2
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,28 +33,22 @@ from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFa
 
 from .config import (
     CONFIG_FILE,
+    GE_START_WITH_LEVEL_AND_POSITION,
     MODEL_TYPE,
     TEXT_FIRST_PROMPT_TEMPLATE,
     ARGenSegConfig,
     ModelLoadError,
     build_config,
     format_prompt,
+    prompt_token_ids,
 )
+from .imaging import image_to_pixel_values  # noqa: F401  (the trainer imports it from here)
 from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"   # sharded format: index + model-0000i-of-0000n.safetensors
 TOKENIZER_FILE = "tokenizer.json"
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-def image_to_pixel_values(image_hw3: np.ndarray, image_size: int) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> (1, 3, S, S) float32, squashed bicubic resize + ImageNet normalisation."""
-    resized = cv2.resize(image_hw3, (image_size, image_size), interpolation=cv2.INTER_CUBIC)
-    x = resized.astype(np.float32) / 255.0
-    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 
 def causal_attention_mask(key_valid_BT: torch.Tensor, q_len: int) -> torch.Tensor:
@@ -91,6 +84,8 @@ class ARGenSegModel(nn.Module):
         self.register_buffer("scale_of_slot", scale_of_slot, persistent=False)
         self.scale_begin: tuple[int, ...] = tuple(
             int(sum(p * p for p in self.patch_nums[:k])) for k in range(len(self.patch_nums)))
+        # the first slot that gets lvl_embed + pos_1LC: 1 in the release, 0 for the shipped tabletop model
+        self.first_positioned_slot = 0 if config.ge_start_slot_embedding == GE_START_WITH_LEVEL_AND_POSITION else 1
         self._check_token_layout()
 
     # ---- sizes ---------------------------------------------------------------------------------
@@ -131,6 +126,10 @@ class ARGenSegModel(nn.Module):
     def build_prompt(self, instruction: str) -> str:
         return format_prompt(self.config, instruction, self.num_image_tokens)
 
+    def prompt_ids(self, tokenizer: PreTrainedTokenizerFast, instruction: str) -> list[int]:
+        """The prompt as the model was trained on it: the config's BOS, then the prompt text."""
+        return prompt_token_ids(self.config, tokenizer, instruction, self.num_image_tokens)
+
     # ---- embeddings ------------------------------------------------------------------------------
     def image_features(self, pixel_values_B3SS: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, N_img, C) projected image tokens."""
@@ -144,6 +143,7 @@ class ARGenSegModel(nn.Module):
 
         slot_BT: mask slot index (0..L-1) of each position, -1 for text. Slot 0 keeps its token
         embedding (<ge_start>); slots >= 1 take `word_embed(slot_inputs)` (Cvae-d next-scale inputs).
+        `lvl_embed + pos_1LC` is added from slot `first_positioned_slot` on.
         image_features_BNC replace the <IMG_CONTEXT> positions, in order.
         """
         embeds = self.backbone.get_input_embeddings()(input_ids_BT)
@@ -151,13 +151,13 @@ class ARGenSegModel(nn.Module):
             is_img = (input_ids_BT == self.config.token_ids["img_context"])[..., None]
             embeds = embeds.masked_scatter(is_img, image_features_BNC.to(embeds.dtype))
         if slot_BT is not None:
-            is_slot = slot_BT >= 0
             slot = slot_BT.clamp(min=0)
             extra = self.pos_1LC[0, slot] + self.lvl_embed(self.scale_of_slot[slot])
             if slot_inputs_BTC is not None:
                 visual = self.word_embed(slot_inputs_BTC.to(embeds.dtype))
                 embeds = torch.where((slot_BT > 0)[..., None], visual, embeds)
-            embeds = torch.where(is_slot[..., None], embeds + extra, embeds)
+            positioned = slot_BT >= self.first_positioned_slot          # text (-1) never
+            embeds = torch.where(positioned[..., None], embeds + extra, embeds)
         return embeds
 
     # ---- decoder ---------------------------------------------------------------------------------
@@ -189,7 +189,10 @@ class ARGenSegModel(nn.Module):
         return F.linear(hidden_BTC, weight)
 
     def text_logits(self, hidden_BC: torch.Tensor) -> torch.Tensor:
-        """Head without the visual rows: text positions never emit a visual token."""
+        """Head without the visual rows: text positions never emit a visual token.
+
+        A deliberate difference from the reference, whose greedy text step is over all logits: a
+        visual id outside a <ge_start> block is meaningless and would be shown as text."""
         weight = self.backbone.lm_head.weight[: self.vocab_size - self.codebook_size]
         return F.linear(hidden_BC, weight)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import InternVLConfig
 
-from .config import ARGenSegConfig
+from .config import GE_START_BARE, MASK_PIL_LUMA_UINT8, RESIZE_PIL_BICUBIC, ARGenSegConfig
 from .vqvae import VQVAEConfig
 
 # The release's InternVL2.5 chat prompt; {image} expands to <img><IMG_CONTEXT>*N</img>.
@@ -23,6 +23,7 @@ RELEASE_PROMPT_TEMPLATE = (
 
 # The ids of the release (InternVL2.5 vocabulary ends at 92552; ARGenSeg appends its tokens).
 RELEASE_VOCAB_SIZE = 96653
+RELEASE_BOS_ID = 1   # InternLM2's <s>: its tokenizer adds it (add_bos_token), ARGenSeg's training prepends it
 RELEASE_TOKEN_IDS: dict[str, int] = {
     "pad": 92542, "eos": 92542, "img_start": 92544, "img_end": 92545, "img_context": 92546,
     "mask": 92553, "ge_start": 92554, "ge_end": 92555, "mask_context": 92556, "visual_offset": 92557,
@@ -133,12 +134,14 @@ def backbone_config_from_official(official: dict[str, Any], vocab_size: int,
 
 
 def config_from_official(official: dict[str, Any], token_ids: dict[str, int], vocab_size: int,
-                         vqvae: VQVAEConfig, name: str = "argenseg-8b",
-                         extra: dict[str, Any] | None = None) -> ARGenSegConfig:
+                         vqvae: VQVAEConfig, name: str = "argenseg-8b", extra: dict[str, Any] | None = None,
+                         bos_token_id: int | None = RELEASE_BOS_ID) -> ARGenSegConfig:
+    """The native config of a release checkpoint, with the reference's input and output rules."""
     backbone = backbone_config_from_official(official, vocab_size, token_ids)
     return ARGenSegConfig(backbone=backbone.to_dict(), vqvae=vqvae.to_dict(), token_ids=dict(token_ids),
                           prompt_template=RELEASE_PROMPT_TEMPLATE, system_prompt=INTERNVL_SYSTEM, name=name,
-                          extra=dict(extra or {}))
+                          extra=dict(extra or {}), bos_token_id=bos_token_id, image_resize=RESIZE_PIL_BICUBIC,
+                          ge_start_slot_embedding=GE_START_BARE, mask_postprocessing=MASK_PIL_LUMA_UINT8)
 
 
 def argenseg_8b_config(vqvae: VQVAEConfig | None = None) -> ARGenSegConfig:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
 from .generation import generate
-from .model import ARGenSegModel, image_to_pixel_values
+from .imaging import image_to_pixel_values, mask_image_to_mask
+from .model import ARGenSegModel
 from .static_decode import StaticDecoder
+from .tokenization import control_tokens
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_IMAGE_SIDE = 8192          # larger frames are refused rather than resized into a useless mask
@@ -88,6 +90,11 @@ class Segmenter:
         self.cuda_graphs = cuda_graphs
         self._lock = threading.Lock()
         self._decoder: StaticDecoder | None = None   # reused under the lock: cache and graphs made once
+        # User text must never become a control token (an <IMG_CONTEXT> without its image, a forged
+        # <ge_start> ...): one pattern of all of them, longest first, finds the first one named.
+        controls = control_tokens(tokenizer)
+        self._control_by_id = {i: t for t, i in controls.items()}
+        self._control_pattern = re.compile("|".join(re.escape(t) for t in sorted(controls, key=len, reverse=True)))
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str = "cpu",
@@ -123,10 +130,12 @@ class Segmenter:
             raise InputError("no images given")
         t0 = time.perf_counter()
         images = [validate_image(im) for im in images]
-        instructions = [validate_instruction(text) for text in instructions]
-        pixel_values = torch.cat([image_to_pixel_values(im, self.model.image_size) for im in images])
-        ids, valid = self._tokenize_left_padded([self.model.build_prompt(t) for t in instructions])
-        uncond = self._tokenize_left_padded([self.model.build_prompt("")] * len(images)) if self.cfg_scale > 0 else (None, None)
+        instructions = [self.refuse_control_tokens(validate_instruction(text)) for text in instructions]
+        pixel_values = torch.cat([image_to_pixel_values(im, self.model.image_size, self.model.config.image_resize)
+                                  for im in images])
+        ids, valid = self._left_padded([self.model.prompt_ids(self.tokenizer, t) for t in instructions])
+        uncond = (self._left_padded([self.model.prompt_ids(self.tokenizer, "")] * len(images))
+                  if self.cfg_scale > 0 else (None, None))
         t_pre = time.perf_counter() - t0
         with self._lock:
             out = generate(self.model, ids, valid, pixel_values.to(self.device), max_new_tokens=self.max_new_tokens,
@@ -137,7 +146,8 @@ class Segmenter:
         results = []
         for b, image in enumerate(images):
             t_mask = time.perf_counter()
-            masks = [self._mask_at_source_size(p, image.shape[:2]) for p in out.mask_probs[b]]
+            masks = [mask_image_to_mask(m, image.shape[:2], self.mask_threshold, self.model.config.mask_postprocessing)
+                     for m in out.mask_images[b]]
             timings = {"preprocess": t_pre, **out.timings,
                        "postprocess": time.perf_counter() - t_mask}
             timings["total"] = time.perf_counter() - t0
@@ -163,8 +173,19 @@ class Segmenter:
         text_parts.append(self.tokenizer.decode(pieces, skip_special_tokens=True))
         return "".join(text_parts).strip()
 
-    def _tokenize_left_padded(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def refuse_control_tokens(self, instruction: str) -> str:
+        """The instruction, or an InputError naming the control token it contains or tokenizes to."""
+        found = self._control_pattern.search(instruction)
+        if found:
+            raise InputError(f"instruction contains the control token {found.group()!r}, which user text "
+                             "may not contain")
+        produced = set(self.tokenizer(instruction, add_special_tokens=False)["input_ids"]) & self._control_by_id.keys()
+        if produced:   # e.g. a normalised added token, or <unk> for a character the vocabulary lacks
+            raise InputError(f"instruction tokenizes to the control token {self._control_by_id[min(produced)]!r}, "
+                             "which user text may not produce")
+        return instruction
+
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         T = max(len(r) for r in rows)
         pad = self.model.config.token_ids["pad"]
         ids = torch.full((len(rows), T), pad, dtype=torch.long)
@@ -173,8 +194,3 @@ class Segmenter:
             ids[i, T - len(r):] = torch.tensor(r)
             valid[i, T - len(r):] = True
         return ids.to(self.device), valid.to(self.device)
-
-    def _mask_at_source_size(self, probs_hw: torch.Tensor, size_hw: tuple[int, int]) -> np.ndarray:
-        h, w = size_hw
-        resized = cv2.resize(probs_hw.numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-        return resized > self.mask_threshold

@@ -92,3 +92,11 @@ def build_tabletop_tokenizer(corpus: Iterable[str], codebook_size: int,
     # reply is rendered as text.
     tokenizer.add_tokens([visual_token(i) for i in range(codebook_size)], special_tokens=True)
     return tokenizer
+
+
+def control_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Every token that text must never turn into: the tokenizer's added tokens (chat and image/mask
+    markers, visual tokens, InternLM2's <s> </s> <unk> ...) and its special tokens; text -> id."""
+    tokens = {str(t): int(i) for t, i in tokenizer.get_added_vocab().items()}
+    tokens.update({str(t): int(i) for t, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids)})
+    return tokens

@@ -9,8 +9,9 @@ referent and a question; in the first scene also a tracking command (``track ...
 and masks are saved as PNGs, and everything goes to ``<out>/replies.jsonl`` and
 ``<out>/summary.json``; a table is printed. When the node publishes 3D outputs (scripts/demo.sh
 starts it with the camera's depth topics), each referring answer also gets the node's 3D centroid
-and its distance to the ground truth's (``centroid_3d`` of the scene description), and the first
-one's point cloud is saved as a picture (``NN_<instruction>_cloud.png``, front and side views).
+and its distance to the ground truth's (``centroid_3d`` of the scene description), and the point
+cloud of the best-segmented one (highest IoU) is saved as a picture (``NN_<instruction>_cloud.png``,
+front and side views).
 
 Exit status: 0 when every command got an answer (a reply, and the mask for mask replies), 1
 otherwise (timeouts, ``error:`` replies), 3 when the nodes are not up within ``--ready-timeout``.
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .cloud_picture import render_cloud
-from .demo_3d import Depth3DRecorder, centroid_error_mm
+from .demo_3d import Depth3DRecorder, Object3D, centroid_error_mm
 from .send_command import (
     CommandClient,
     NodeNotFound,
@@ -152,7 +153,7 @@ class Demo:
         node.create_subscription(Image, f"{self.camera}/ground_truth", self._on_truth, latched)
         self.client = CommandClient(node, args.node, want_overlay=True)
         self.depth3d = Depth3DRecorder(node, args.node)
-        self._cloud_saved = False
+        self._clouds: dict[int, tuple[Object3D, str, str]] = {}   # outcome index -> (3D, instruction, name)
         self.outcomes: list[Outcome] = []
 
     # -- camera -----------------------------------------------------------------------------
@@ -268,7 +269,7 @@ class Demo:
 
     def _record_3d(self, o: Outcome, cmd: dict, at: SceneRecord | None, stamp, sent: float,
                    name: str) -> None:
-        """The node's 3D centroid of the answer, its error, and (once) a picture of the cloud."""
+        """The node's 3D centroid of the answer and its error; the cloud is kept for the picture."""
         found = self.depth3d.wait(stamp, sent, self.client.spin_until, 3.0) if stamp else None
         if found is None:
             o.note = (o.note + "; " if o.note else "") + "no 3D result"
@@ -277,11 +278,18 @@ class Demo:
         truth = at.desc["objects"][cmd["target_label"] - 1].get("centroid_3d") if at else None
         if truth is not None:
             o.error_3d_mm = centroid_error_mm(found.centroid, truth)
-        if not self._cloud_saved and len(found.points):
-            picture = render_cloud(found.points, found.centroid, found.box_min, found.box_max,
-                                   cmd["instruction"])
-            o.cloud_png = str(save_png(self.out / f"{name}_cloud.png", picture).name)
-            self._cloud_saved = True
+        if len(found.points):
+            self._clouds[o.index] = (found, cmd["instruction"], name)
+
+    def _save_cloud_picture(self) -> None:
+        """A picture of the cloud of the best-segmented referent (highest IoU)."""
+        if not self._clouds:
+            return
+        best = max(self._clouds, key=lambda i: next(o.iou or 0.0 for o in self.outcomes if o.index == i))
+        found, instruction, name = self._clouds[best]
+        picture = render_cloud(found.points, found.centroid, found.box_min, found.box_max, instruction)
+        outcome = next(o for o in self.outcomes if o.index == best)
+        outcome.cloud_png = str(save_png(self.out / f"{name}_cloud.png", picture).name)
 
     @staticmethod
     def _fit(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -397,6 +405,7 @@ class Demo:
         return f"{o.instruction!r} -> {text!r} (frame {o.frame_stamp}, {lat}, IoU {iou_s})"
 
     def finish(self) -> int:
+        self._save_cloud_picture()
         with open(self.out / "replies.jsonl", "w") as f:
             for o in self.outcomes:
                 f.write(json.dumps(asdict(o)) + "\n")

@@ -2,7 +2,9 @@
 
 With ``depth_topic`` and ``camera_info_topic`` set, :class:`Depth3D` subscribes to both (sensor
 data QoS, a callback group of their own: they never wait for the segmentation worker), keeps
-the recent depth images in a :class:`~argenseg_ros.nodes.stamp_buffer.StampBuffer`, and for each
+the recent depth images in a :class:`~argenseg_ros.nodes.stamp_buffer.StampBuffer` (and, for
+each colour frame the node still holds, the depth image nearest it: :meth:`Depth3D.note_frame`,
+so a segmentation slower than ``depth_buffer_s`` still finds its depth), and for each
 mask the node publishes (:meth:`Depth3D.process`) pairs the colour frame with the depth image
 nearest in stamp (within ``depth_tolerance_s``), and publishes, in the depth image's header
 (frame_id and stamp: the optical frame, x right, y down, z forward):
@@ -24,10 +26,11 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -93,12 +96,14 @@ def stamp_ns(header: Header) -> int:
 
 @dataclass
 class Result3D:
-    """The 3D outcome of one mask, shaped like the ``Segment`` action result's 3D fields.
+    """The 3D outcome of one mask, named as the ``Segment`` action result's 3D fields.
 
     ``has_3d``/``error_3d`` always; with ``has_3d`` the published messages ``centroid_3d``
-    (PointStamped), ``box_3d`` (Marker CUBE), ``points`` (PointCloud2), and ``geometry`` (the
-    numpy :class:`~argenseg_ros.geometry.object_points.ObjectPoints`). ``depth_offset_s``: depth
-    stamp minus colour stamp of the pair used.
+    (PointStamped), ``box_3d`` (Marker CUBE), ``points`` (PointCloud2), the box again as
+    ``box_3d_pose`` (PoseStamped, identity orientation: axis-aligned) and ``box_3d_size`` (Vector3,
+    true edge lengths), and ``geometry`` (the numpy
+    :class:`~argenseg_ros.geometry.object_points.ObjectPoints`). All headers are the depth
+    image's. ``depth_offset_s``: depth stamp minus colour stamp of the pair used.
     """
 
     has_3d: bool
@@ -106,10 +111,13 @@ class Result3D:
     centroid_3d: PointStamped | None = None
     box_3d: Marker | None = None
     points: PointCloud2 | None = None
+    box_3d_pose: PoseStamped | None = None
+    box_3d_size: Vector3 | None = None
     geometry: ObjectPoints | None = None
     depth_offset_s: float | None = None
 
-    MESSAGE_FIELDS = ("has_3d", "error_3d", "centroid_3d", "box_3d", "points")
+    MESSAGE_FIELDS = ("has_3d", "error_3d", "centroid_3d", "box_3d", "points", "box_3d_pose",
+                      "box_3d_size")
 
     def copy_to(self, target: object) -> None:
         """Set those of :data:`MESSAGE_FIELDS` that ``target`` (e.g. an action result) has."""
@@ -117,6 +125,44 @@ class Result3D:
             value = getattr(self, name)
             if value is not None and hasattr(target, name):
                 setattr(target, name, value)
+
+
+@dataclass
+class _Pin:
+    """The depth image nearest a colour frame's stamp, kept while the frame object lives."""
+
+    frame: weakref.ref
+    stamp: int
+    depth: Image | None = None
+    offset_ns: int = 0
+
+    def offer(self, depth: Image, offset_ns: int) -> None:
+        if self.depth is None or offset_ns < self.offset_ns:
+            self.depth, self.offset_ns = depth, offset_ns
+
+
+def result_from_messages(mask: np.ndarray, depth_msg: Image, camera_info: CameraInfo, *, stride: int = 1,
+                         mad_k: float = DEFAULT_MAD_K, min_band_m: float = DEFAULT_MIN_BAND_M,
+                         depth_offset_s: float | None = None) -> Result3D:
+    """The 3D result of ``mask`` (colour frame size) on one depth image; nothing is published.
+
+    For a depth image already paired with the mask's frame (e.g. an action goal's own image +
+    depth + camera info). A problem gives ``has_3d`` false and the reason in ``error_3d``.
+    """
+    try:
+        intrinsics = camera_info_to_intrinsics(camera_info)
+        metres = depth_msg_to_metres(depth_msg)
+        geometry = object_points(mask, metres, intrinsics, stride=stride, mad_k=mad_k, min_band_m=min_band_m)
+    except DepthError as exc:
+        return Result3D(False, str(exc))
+    header = depth_msg.header
+    centroid = PointStamped(header=header)
+    centroid.point.x, centroid.point.y, centroid.point.z = geometry.centroid
+    marker = box_marker(geometry, header)
+    size = Vector3()
+    size.x, size.y, size.z = geometry.box_size
+    return Result3D(True, "", centroid, marker, points_to_cloud_msg(geometry.points, header),
+                    PoseStamped(header=header, pose=marker.pose), size, geometry, depth_offset_s)
 
 
 def box_marker(geometry: ObjectPoints, header: Header) -> Marker:
@@ -144,6 +190,8 @@ class Depth3D:
         self._camera_info: CameraInfo | None = None
         self._info_lock = threading.Lock()
         self._arrived = threading.Condition()   # notified on every depth image and camera info
+        self._pins: list[_Pin] = []
+        self._pins_lock = threading.Lock()
         self.depth_images_received = 0
         if not self.enabled:
             return
@@ -164,7 +212,12 @@ class Depth3D:
     # ------------------------------------------------------------------ callbacks (never block)
 
     def _on_depth(self, msg: Image) -> None:
-        self._depth.add(stamp_ns(msg.header), msg)
+        stamp = stamp_ns(msg.header)
+        self._depth.add(stamp, msg)
+        with self._pins_lock:
+            self._pins = [pin for pin in self._pins if pin.frame() is not None]
+            for pin in self._pins:
+                pin.offer(msg, abs(stamp - pin.stamp))
         self.depth_images_received += 1
         with self._arrived:
             self._arrived.notify_all()
@@ -174,6 +227,19 @@ class Depth3D:
             self._camera_info = msg
         with self._arrived:
             self._arrived.notify_all()
+
+    def note_frame(self, frame: object, header: Header) -> None:
+        """A colour frame arrived (``frame``: the node's object for it, weakly referenced): keep
+        the depth image nearest its stamp for as long as the node holds the frame."""
+        if not self.enabled:
+            return
+        pin = _Pin(weakref.ref(frame), stamp_ns(header))
+        nearest = self._depth.nearest(pin.stamp)
+        if nearest is not None:
+            pin.offer(*nearest)
+        with self._pins_lock:
+            self._pins = [p for p in self._pins if p.frame() is not None]
+            self._pins.append(pin)
 
     # ------------------------------------------------------------------ worker side
 
@@ -191,10 +257,7 @@ class Depth3D:
         """Pair, compute and publish the 3D outputs of ``mask`` (the colour frame's size)."""
         if not self.enabled:
             return Result3D(False, "3D is off (depth_topic and camera_info_topic are empty)")
-        try:
-            result = self._compute(mask, colour_header)
-        except DepthError as exc:
-            result = Result3D(False, str(exc))
+        result = self._compute(mask, colour_header)
         if result.has_3d:
             self._points_pub.publish(result.points)
             self._centroid_pub.publish(result.centroid_3d)
@@ -213,13 +276,22 @@ class Depth3D:
         while True:
             with self._info_lock:
                 info = self._camera_info
-            paired = self._depth.nearest(wanted)
+            paired = self._nearest_depth(wanted)
             final = info is not None and paired is not None and stamp_ns(paired[0].header) >= wanted
             left = deadline - time.monotonic()
             if final or left <= 0:
                 return info, paired
             with self._arrived:
                 self._arrived.wait(min(left, 0.02))
+
+    def _nearest_depth(self, wanted: int) -> tuple[Image, int] | None:
+        nearest = self._depth.nearest(wanted)
+        with self._pins_lock:
+            for pin in self._pins:
+                if pin.stamp == wanted and pin.depth is not None and pin.frame() is not None \
+                        and (nearest is None or pin.offset_ns < nearest[1]):
+                    nearest = (pin.depth, pin.offset_ns)
+        return nearest
 
     def _compute(self, mask: np.ndarray, colour_header: Header) -> Result3D:
         wanted = stamp_ns(colour_header)
@@ -233,16 +305,13 @@ class Depth3D:
         if offset_ns > tolerance * NANOSECONDS_PER_SECOND:
             return Result3D(False, f"no depth image within {tolerance:g} s of the frame's stamp on "
                                    f"{self.depth_topic} (the nearest is {offset_ns / 1e9:.3f} s away)")
-        intrinsics = camera_info_to_intrinsics(info)
-        metres = depth_msg_to_metres(depth_msg)
+        return self.compute(mask, depth_msg, info, (stamp_ns(depth_msg.header) - wanted) / NANOSECONDS_PER_SECOND)
+
+    def compute(self, mask: np.ndarray, depth_msg: Image, camera_info: CameraInfo,
+                depth_offset_s: float | None = None) -> Result3D:
+        """:func:`result_from_messages` with this node's parameters; publishes nothing."""
         parameter = self._node.get_parameter
-        geometry = object_points(mask, metres, intrinsics,
-                                 stride=int(parameter("points_stride").value),
-                                 mad_k=float(parameter("centroid_mad_k").value),
-                                 min_band_m=float(parameter("centroid_min_band_m").value))
-        header = depth_msg.header
-        centroid = PointStamped(header=header)
-        centroid.point.x, centroid.point.y, centroid.point.z = geometry.centroid
-        return Result3D(True, "", centroid, box_marker(geometry, header),
-                        points_to_cloud_msg(geometry.points, header), geometry,
-                        (stamp_ns(header) - wanted) / NANOSECONDS_PER_SECOND)
+        return result_from_messages(mask, depth_msg, camera_info, stride=int(parameter("points_stride").value),
+                                    mad_k=float(parameter("centroid_mad_k").value),
+                                    min_band_m=float(parameter("centroid_min_band_m").value),
+                                    depth_offset_s=depth_offset_s)

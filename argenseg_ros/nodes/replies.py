@@ -118,4 +118,4 @@ class RepeatThrottle:
         """``message`` plus the count of the identical ones held back before it."""
         if held <= 0:
             return message
-        return f"{message} (and {held} identical ones since the last report, not each reported)"
+        return f"{message} (and {held} more like it since the last report)"

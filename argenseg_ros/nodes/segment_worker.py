@@ -118,14 +118,16 @@ class SegmentWorker:
         if refusal is None:
             return True
         self.counters.count("commands_refused")
-        self._error(request, f"{refusal}; command refused: {echo(request.text)}", None, request.received)
+        self._error(request, f"{refusal}; command refused: {echo(request.text)}", None, request.received,
+                    key=f"refused: {refusal}")   # a burst: every command replied, one log line per interval
         return False
 
     def close(self, reason: str) -> None:
         """Refuse waiting and later requests with ``reason``; stop after the request in hand."""
         for request in self.queue.close(reason):
             self.counters.count("commands_refused")
-            self._error(request, f"{reason}; command not served: {echo(request.text)}", None, request.received)
+            self._error(request, f"{reason}; command not served: {echo(request.text)}", None, request.received,
+                        key=f"not served: {reason}")
         self._stop.set()
         self.wake.set()
 

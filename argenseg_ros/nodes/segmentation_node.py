@@ -13,8 +13,8 @@ README.md's section "The segmentation node". Concerns, one module each:
 * diagnostics: ``segment_diagnostics.segmentation_status``.
 
 Callbacks (image, command, timer and parameter services: one callback group each) only store
-what arrived and wake the worker. Inputs are opened by :meth:`SegmentNode.open_inputs`, after the
-entry point has checked that no other node of the same name runs.
+what arrived and wake the worker. Inputs and diagnostics start with :meth:`SegmentNode.open_inputs`,
+once the entry point has checked that no other node of the same name runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -158,27 +158,30 @@ class SegmentNode(Node):
         self.get_logger().info(f"parameters: {summary}")
         self.get_logger().info(f"loading model {self._model_dir} on {self._p['device']} ({self._p['dtype']})")
         self.worker.start()
-        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
-                                             callback_group=self._timer_group)
 
     def open_inputs(self) -> None:
-        """Subscribe to images and commands (after the duplicate-name check)."""
+        """Subscribe to images and commands, start diagnostics (after the duplicate-name check)."""
+        self._subscribe_images()
+        # Keep all: a burst of commands waits in the reader until the callback queues (or refuses)
+        # each one; with keep-last the oldest would be dropped there without a reply.
+        command_qos = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.VOLATILE)
+        self._command_sub = self.create_subscription(String, self.command_topic, self._on_command, command_qos,
+                                                     callback_group=self._command_group)
+        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+                                             callback_group=self._timer_group)
+        self.get_logger().info(
+            f"listening: images on {self.image_topic} ({self._image_type.__name__}, {self._p['reliability']}), "
+            f"commands on {self.command_topic}")
+
+    def _subscribe_images(self) -> None:
         image_qos = QoSProfile(
             history=qos_profile_sensor_data.history, depth=qos_profile_sensor_data.depth,
             durability=qos_profile_sensor_data.durability,
             reliability=(ReliabilityPolicy.RELIABLE if self._p["reliability"] == "reliable"
                          else ReliabilityPolicy.BEST_EFFORT))
-        # Keep all: a burst of commands waits in the reader until the callback queues (or refuses)
-        # each one; with keep-last the oldest would be dropped there without a reply.
-        command_qos = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.VOLATILE)
         self._image_sub = self.create_subscription(self._image_type, self.image_topic, self._on_image, image_qos,
                                                    callback_group=self._image_group)
-        self._command_sub = self.create_subscription(String, self.command_topic, self._on_command, command_qos,
-                                                     callback_group=self._command_group)
-        self.get_logger().info(
-            f"listening: images on {self.image_topic} ({self._image_type.__name__}, {self._p['reliability']}), "
-            f"commands on {self.command_topic}")
 
     def same_name_nodes(self) -> int:
         """How many other nodes on the graph have this node's namespace and name."""
@@ -202,7 +205,8 @@ class SegmentNode(Node):
     # ------------------------------------------------------------------ callbacks (never block)
 
     def _on_image(self, msg) -> None:
-        self.slot.put(msg, self._p["max_frame_pixels"])
+        frame = self.slot.put(msg, self._p["max_frame_pixels"])
+        self.depth_3d.note_frame(frame, msg.header)   # keeps the depth nearest it while the frame lives
 
     def _on_command(self, msg: String) -> None:
         self.worker.submit(Request(msg.data, time.monotonic(), self._respond_on_topic))
@@ -219,6 +223,7 @@ class SegmentNode(Node):
 
     def _publish_diagnostics(self) -> None:
         status = segmentation_status(self.get_name(), self.worker, self._p, self._model_dir, self.command_topic)
+        status.values.append(KeyValue(key="depth_3d", value=self.depth_3d.status()))
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)

@@ -64,8 +64,13 @@ TARGETS: tuple[tuple[tuple[str, ...], str, float, str], ...] = (
     (("referring", "giou"), ">=", 0.85, "referring gIoU"),
     (("absent", "accuracy"), ">=", 0.90, "absent-referent accuracy"),
     (("questions", "accuracy"), ">=", 0.90, "question accuracy"),
-    (("latency", "per_mask", "median_ms"), "<=", 150.0, "median latency per mask (ms)"),
+    (("questions", "count_nonzero", "accuracy"), ">=", 0.85, "count accuracy, non-zero answers"),
+    (("questions", "exists_balanced_accuracy"), ">=", 0.90, "yes/no balanced accuracy"),
+    (("latency", "per_mask", "median_ms"), "<=", 100.0, "median latency per mask (ms)"),
 )
+
+COUNT_TYPES = ("count_kind", "count_colour")
+ZERO_COUNT_PREFIX = "There are no"
 
 MAX_RECORDED_ERRORS = 50
 
@@ -193,7 +198,14 @@ class Accumulator:
 
     def add(self, score: dict[str, Any], **context: Any) -> None:
         """Add one scored query; ``context`` (e.g. ``seed=``) is stored with samples and errors."""
-        for key in dict.fromkeys(("all", score["category"], score["type"])):  # "absent" is both
+        keys = ["all", score["category"], score["type"]]
+        # The issue's question breakdowns: counts whose answer is not zero (a model that always
+        # says "There are no X." scores 0 here), and yes/no by expected answer (balanced accuracy).
+        if score["type"] in COUNT_TYPES and not score["expected"].startswith(ZERO_COUNT_PREFIX):
+            keys.append("count_nonzero")
+        if score["type"] == "exists":
+            keys.append(f"exists_{score['expected'].rstrip('.').lower()}")
+        for key in dict.fromkeys(keys):  # "absent" is both a category and a type
             self.groups.setdefault(key, _Group()).add(score)
         if score["error"] is not None:
             self.num_errors += 1
@@ -234,6 +246,11 @@ class Accumulator:
     def summary(self) -> dict[str, Any]:
         questions = self._group("question").scored()
         questions["by_type"] = {t: self._group(t).scored() for t in QUESTION_TYPES}
+        questions["count_nonzero"] = self._group("count_nonzero").scored()
+        yes, no = self._group("exists_yes").scored(), self._group("exists_no").scored()
+        questions["exists_yes"], questions["exists_no"] = yes, no
+        questions["exists_balanced_accuracy"] = (None if yes["accuracy"] is None or no["accuracy"] is None
+                                                 else (yes["accuracy"] + no["accuracy"]) / 2)
         per_type: dict[str, Any] = {}
         for t in EXPRESSION_TYPES:
             g = self._group(t)
@@ -390,6 +407,11 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{_fmt(ref['reply_exact_rate'])} | {_fmt(ref['no_mask_rate'])} |",
         f"| absent | {absent['n']} | | | {_fmt(absent['accuracy'])} | {_fmt(absent['exact_accuracy'])} | |",
         f"| questions (all) | {questions['n']} | | | {_fmt(questions['accuracy'])} | | |",
+        f"| counts, non-zero answer | {questions['count_nonzero']['n']} | | | "
+        f"{_fmt(questions['count_nonzero']['accuracy'])} | | |",
+        f"| yes/no: yes, no, balanced | {questions['exists_yes']['n']}, {questions['exists_no']['n']} | | | "
+        f"{_fmt(questions['exists_yes']['accuracy'])}, {_fmt(questions['exists_no']['accuracy'])}, "
+        f"{_fmt(questions['exists_balanced_accuracy'])} | | |",
     ]
     for t in EXPRESSION_TYPES:
         g = report["per_type"][t]

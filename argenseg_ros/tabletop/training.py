@@ -625,7 +625,8 @@ def main_vqvae(argv: list[str] | None = None) -> None:
     _common_args(parser, minutes=20, lr=2e-3, batch=64)
     parser.add_argument("--image-size", type=int, default=64, choices=[64, 128], help="mask size of the VQ-VAE")
     parser.add_argument("--init", default=None, help="start from this VQ-VAE (checkpoint.pt or model directory; "
-                        "same configuration); <out>/checkpoint.pt still wins when present")
+                        "same configuration; a fresh optimizer, so use --lr 3e-5 or lower: one step at 1e-3 "
+                        "ruins the shipped one); <out>/checkpoint.pt still wins when present")
     parser.add_argument("--restart-every", type=int, default=0,
                         help="every N steps move dead codes onto encoder latents (codebook.py); 0: never")
     train_vqvae(parser.parse_args(argv))
