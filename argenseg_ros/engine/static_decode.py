@@ -13,8 +13,8 @@ same numbers with none of its per-forward overhead:
   (`torch.max(position_ids)` compared in Python), and below `max_position_embeddings` it never
   changes the frequencies (neither does the reference InternLM2 code), so it is skipped;
 - the layers are called submodule by submodule (norms, projections, MLP: the same modules and the
-  same operations as transformers' Llama with SDPA), so there is no kwargs/decorator/mask-helper
-  overhead, which is most of a forward's time on a small model on the CPU;
+  same operations as transformers' Llama with SDPA, so on the CPU the logits are bit-identical),
+  without its kwargs/decorator/mask-helper layers and the DynamicCache's copy of every key per step;
 - with `cuda_graphs=True` (CUDA only, `static_shapes` implied) each chunk width is captured once
   as a CUDA graph over the full cache width and replayed: one launch per forward, no host sync.
 
