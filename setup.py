@@ -137,8 +137,10 @@ class BuildInterfaces(Command):
 
     def run(self):
         source = Path(__file__).resolve().parent
-        if not any(glob(str(source / d / f"*.{d}")) for d in INTERFACE_DIRS):
-            return
+        if not (source / INTERFACES_CMAKE_DIR / "CMakeLists.txt").is_file():
+            # e.g. a wheel built from an sdist, which does not carry action/: build from the tree
+            raise RuntimeError(f"argenseg_ros: {INTERFACES_CMAKE_DIR}/CMakeLists.txt missing in {source}: "
+                               "build from a clone of the repository")
         work = Path(self.build_base).resolve() / "interfaces"
         cmake_build, stage = work / "cmake", work / "stage"
         work.mkdir(parents=True, exist_ok=True)

@@ -8,18 +8,20 @@ header.stamp = wall clock just before publish) and a subscriber (namespace b, or
 one-namespace baselines) records each frame's arrival. Both run on the same kernel clock, so
 arrival - stamp is the latency DDS adds (serialisation, fragments, sockets, rclpy callback).
 
-Cases (``--cases``, default all):
-  veth_multihost_peers    config/fastdds_multihost.xml, LOCALHOST range + ROS_STATIC_PEERS (unicast only)
-  veth_multihost_subnet   config/fastdds_multihost.xml, SUBNET range (multicast discovery on the veth)
-  veth_project_peers      config/fastdds_profile.xml (SHM + UDPv4 4 MiB), LOCALHOST + ROS_STATIC_PEERS
-  veth_default_peers      no profile (Fast DDS builtin transports, OS socket buffers), LOCALHOST + peers
-  veth_default_subnet     no profile, SUBNET range
-  lo_multihost            one namespace, config/fastdds_multihost.xml: UDP over loopback
-  shm_project             one namespace, config/fastdds_profile.xml: shared memory (the one-host setup)
+Cases (``--cases``, default all; CASES below): the subscriber across the veth (``veth_*``) with
+config/fastdds_multihost.xml (``multihost``), config/fastdds_profile.xml (``project``: SHM + UDPv4
+4 MiB) or no profile (``default``: Fast DDS's builtin transports, OS socket buffers), each with a
+discovery mode (DISCOVERY below: static peers, SUBNET multicast, a Discovery Server); and two
+one-namespace baselines: ``lo_*`` (UDP over loopback) and ``shm_project`` (shared memory, the
+one-host setup of config/fastdds_profile.xml).
 
 Reports per case: frames published / received, latency median / p90 / p99 / max, veth bytes per
-frame received (the wire cost: 921,600 bytes of pixels + headers), the processes' CPU time.
-No traffic shaping (no tc netem): the veth is as fast as the machine. A benchmark, not a test.
+frame received (the wire cost: 921,600 bytes of pixels + headers), the subscriber namespace's UDP
+counters (RcvbufErrors: datagrams the kernel dropped because a socket buffer was full), multicast
+packets into namespace b, Fast DDS shared-memory ports opened (/dev/shm/fastrtps_port*), the
+processes' CPU time.
+No traffic shaping: the veth is as fast as the machine (tc netem is not available in this kernel:
+"Specified qdisc kind is unknown"). A benchmark, not a test.
 
     sudo .venv/bin/python bench/two_hosts.py --out bench/results/two_hosts_cpu.json
 """
@@ -33,25 +35,47 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "test"))
 sys.path.insert(0, str(REPO / "bench"))
-from netns_pair import NetnsPair, NetnsUnavailable, unavailable_reason  # noqa: E402
+from netns_pair import (  # noqa: E402
+    DISCOVERY_SERVER_PORT,
+    NetnsPair,
+    NetnsUnavailable,
+    discovery_server_command,
+    unavailable_reason,
+)
 from ros_latency import configure_ros_env, cpu_model, pct  # noqa: E402
 
 PROFILES = {"multihost": REPO / "config" / "fastdds_multihost.xml",
             "project": REPO / "config" / "fastdds_profile.xml", "default": None}
 # name: (subscriber namespace: "b" across the veth or "a" the same as the publisher, profile, discovery)
+# discovery: "peers" = LOCALHOST range + ROS_STATIC_PEERS (unicast only), "subnet" = SUBNET range
+# (multicast on the veth), "subnet_peers" = SUBNET + ROS_STATIC_PEERS, "ds" / "ds_localhost" =
+# ROS_DISCOVERY_SERVER (a fast-discovery-server on 192.0.2.1) with the SUBNET / LOCALHOST range.
 CASES = {
     "veth_multihost_peers": ("b", "multihost", "peers"),
     "veth_multihost_subnet": ("b", "multihost", "subnet"),
+    "veth_multihost_subnet_peers": ("b", "multihost", "subnet_peers"),
+    "veth_multihost_ds": ("b", "multihost", "ds"),
+    "veth_multihost_ds_localhost": ("b", "multihost", "ds_localhost"),
     "veth_project_peers": ("b", "project", "peers"),
+    "veth_project_subnet": ("b", "project", "subnet"),
     "veth_default_peers": ("b", "default", "peers"),
     "veth_default_subnet": ("b", "default", "subnet"),
-    "lo_multihost": ("a", "multihost", "peers"),
+    "lo_multihost_peers": ("a", "multihost", "peers"),
+    "lo_multihost_subnet": ("a", "multihost", "subnet"),
     "shm_project": ("a", "project", "peers"),
+}
+DISCOVERY = {
+    "peers": "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST + ROS_STATIC_PEERS=<other namespace>",
+    "subnet": "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET",
+    "subnet_peers": "ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET + ROS_STATIC_PEERS=<other namespace>",
+    "ds": f"ROS_DISCOVERY_SERVER=192.0.2.1:{DISCOVERY_SERVER_PORT} (ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET)",
+    "ds_localhost": f"ROS_DISCOVERY_SERVER=192.0.2.1:{DISCOVERY_SERVER_PORT} (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST)",
 }
 
 PUBLISHER = r"""
@@ -131,20 +155,20 @@ rclpy.shutdown()
 """
 
 
-def host_env(tmp: Path, tag: str, profile: str, discovery: str, peer: str | None) -> dict[str, str]:
+def host_env(tmp: Path, tag: str, profile: str, discovery: str, peer: str | None, server: str) -> dict[str, str]:
     home = tmp / f"ros_home_{tag}"
     (home / "log").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, ROS_HOME=str(home), ROS_LOG_DIR=str(home / "log"), RMW_IMPLEMENTATION="rmw_fastrtps_cpp")
-    env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
-    env.pop("ROS_STATIC_PEERS", None)
+    for key in ("FASTRTPS_DEFAULT_PROFILES_FILE", "ROS_STATIC_PEERS", "ROS_DISCOVERY_SERVER", "ROS_SUPER_CLIENT"):
+        env.pop(key, None)
     if PROFILES[profile] is not None:
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(PROFILES[profile])
-    if discovery == "subnet":
-        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SUBNET"
-    else:
-        env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-        if peer:
-            env["ROS_STATIC_PEERS"] = peer
+    local = discovery in ("peers", "ds_localhost")
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST" if local else "SUBNET"
+    if discovery in ("peers", "subnet_peers") and peer:
+        env["ROS_STATIC_PEERS"] = peer
+    if discovery.startswith("ds"):
+        env["ROS_DISCOVERY_SERVER"] = f"{server}:{DISCOVERY_SERVER_PORT}"
     return env
 
 
@@ -158,9 +182,19 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
     pub_ns = pair.a
     sub_ns = pair.b if sub_ns_name == "b" else pair.a
     across = sub_ns is not pub_ns
-    env_pub = host_env(tmp, f"{name}_pub", profile, discovery, pair.b.address if across else None)
-    env_sub = host_env(tmp, f"{name}_sub", profile, discovery, pair.a.address if across else None)
-    before = pair.b.device_counters()
+    env_pub = host_env(tmp, f"{name}_pub", profile, discovery, pair.b.address if across else None, pair.a.address)
+    env_sub = host_env(tmp, f"{name}_sub", profile, discovery, pair.a.address if across else None, pair.a.address)
+    server = None
+    if discovery.startswith("ds"):
+        argv, server_env = discovery_server_command(pair.a.address)
+        if argv is None:
+            return {"skipped": server_env}
+        server = subprocess.Popen(pair.a.wrap(argv), env=server_env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+    before, udp_before = pair.b.device_counters(), sub_ns.udp_counters()
+    mcast_before = pair.b.multicast_received()
+    shm_before = set(Path("/dev/shm").glob("fastrtps_port*"))
     cpu0 = children_cpu_s()
     load0 = os.getloadavg()
     sub = subprocess.Popen(sub_ns.wrap([sys.executable, "-c", SUBSCRIBER, "3.0", str(args.seconds + 90)]),
@@ -169,6 +203,10 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
                                         str(args.rate_hz), str(args.seconds)]),
                            env=env_pub, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        shm_ports: set[Path] = set()
+        while pub.poll() is None:   # Fast DDS shared-memory ports opened meanwhile (both namespaces see /dev/shm)
+            shm_ports |= set(Path("/dev/shm").glob("fastrtps_port*")) - shm_before
+            time.sleep(0.5)
         pub_out, _ = pub.communicate(timeout=args.seconds + 90)
         sub_out, _ = sub.communicate(timeout=30)
     finally:
@@ -176,8 +214,13 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-    after = pair.b.device_counters()
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    after, udp_after = pair.b.device_counters(), sub_ns.udp_counters()
+    mcast = pair.b.multicast_received() - mcast_before
     cpu = children_cpu_s() - cpu0
+    udp = {k: udp_after[k] - udp_before[k] for k in ("InDatagrams", "RcvbufErrors", "SndbufErrors", "InErrors")}
 
     def tagged(out: str, tag: str) -> dict:
         line = next((ln for ln in out.splitlines() if ln.startswith(tag + " ")), None)
@@ -192,8 +235,7 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
     result = {
         "subscriber": "other namespace, across the veth" if across else "same namespace as the publisher",
         "profile": str(PROFILES[profile].relative_to(REPO)) if PROFILES[profile] else "none (Fast DDS defaults)",
-        "discovery": ("ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET" if discovery == "subnet" else
-                      "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST" + (" + ROS_STATIC_PEERS" if across else "")),
+        "discovery": DISCOVERY[discovery] if across or discovery != "peers" else "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST",
         "published": p["published"], "received": received,
         "delivered_ratio": round(received / p["published"], 4) if p["published"] else None,
         "publisher_late_frames": p["late"], "publish_call_ms_median": p["publish_call_ms_median"],
@@ -202,12 +244,16 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
                        "p99": pct(lat_ms, 99), "max": round(max(lat_ms), 1) if lat_ms else None},
         "veth_b_rx_bytes": rx, "veth_b_rx_packets": after["rx_packets"] - before["rx_packets"],
         "veth_b_rx_bytes_per_frame_received": round(rx / received) if across and received else None,
+        "subscriber_namespace_udp": udp,
+        "multicast_packets_into_b": mcast,
+        "shm_ports_opened": len({p.name for p in shm_ports if not p.name.endswith("_el")}),
         "cpu_s_pub_plus_sub": round(cpu, 2),
         "loadavg_before": [round(x, 2) for x in load0],
     }
     lm = result["latency_ms"]
-    print(f"[two_hosts] {name:22s} {received:4d}/{p['published']} frames  latency median {lm['median']} ms "
-          f"p90 {lm['p90']} p99 {lm['p99']} max {lm['max']}  veth rx {rx / 1e6:.1f} MB  cpu {cpu:.1f} s",
+    print(f"[two_hosts] {name:28s} {received:4d}/{p['published']} frames  latency median {lm['median']} ms "
+          f"p90 {lm['p90']} p99 {lm['p99']} max {lm['max']}  veth rx {rx / 1e6:.1f} MB  "
+          f"rcvbuf drops {udp['RcvbufErrors']}  mcast {mcast}  shm ports {result['shm_ports_opened']}  cpu {cpu:.1f} s",
           flush=True)
     return result
 

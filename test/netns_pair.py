@@ -7,7 +7,7 @@ Fast DDS Discovery Server from the ros-fastrtps wheel: :func:`discovery_server_c
         argv = pair.a.wrap(["demo_camera"])    # ["ip", "netns", "exec", "agsg2h<pid>a", "demo_camera"]
         pair.b.address                         # "192.0.2.2"
 
-Each namespace has only `lo` (up) and its end of the veth, with an address from 192.0.2.0/24
+Each namespace has only `lo` (up) and its end of the veth (IPv4 only), with an address from 192.0.2.0/24
 (TEST-NET-1, RFC 5737: reserved for documentation, routed nowhere): 192.0.2.1/24 in `a`,
 192.0.2.2/24 in `b`. No default route, nothing else: a process inside can reach its own loopback
 and the other namespace, nothing more. The veth is created directly inside the two namespaces, so
@@ -53,16 +53,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(prefix: str) -> list[str]:
     """Delete namespaces ``<prefix><pid>{a,b}`` whose pid is not alive; returns their names."""
     listing = _ip("netns", "list", check=False).stdout
@@ -71,7 +61,7 @@ def remove_stale(prefix: str) -> list[str]:
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
         m = pattern.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not Path(f"/proc/{m.group(1)}").exists():   # its creator is gone
             _ip("netns", "delete", name, check=False)
             removed.append(name)
     return removed
@@ -93,9 +83,24 @@ class Namespace:
     def device_counters(self, device: str | None = None) -> dict[str, int]:
         """rx/tx bytes and packets of ``device`` (default: the veth end), from sysfs in the namespace."""
         dev = device or self.device
-        out = self.run("cat", *(f"/sys/class/net/{dev}/statistics/{k}"
-                                for k in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"))).stdout.split()
-        return dict(zip(("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"), map(int, out), strict=True))
+        keys = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")
+        out = self.run("cat", *(f"/sys/class/net/{dev}/statistics/{k}" for k in keys)).stdout.split()
+        return dict(zip(keys, map(int, out), strict=True))
+
+
+    def _proc_counters(self, path: str, tag: str) -> dict[str, int]:
+        lines = [ln.split() for ln in self.run("cat", path).stdout.splitlines() if ln.startswith(tag)]
+        return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+
+    def udp_counters(self) -> dict[str, int]:
+        """The namespace's UDP counters (/proc/net/snmp ``Udp:``), e.g. RcvbufErrors: datagrams
+        dropped because a socket's receive buffer was full."""
+        return self._proc_counters("/proc/net/snmp", "Udp:")
+
+    def multicast_received(self) -> int:
+        """IP multicast packets this namespace has received (/proc/net/netstat ``IpExt: InMcastPkts``;
+        the veth's own sysfs ``multicast`` counter stays 0)."""
+        return self._proc_counters("/proc/net/netstat", "IpExt:")["InMcastPkts"]
 
 
 class NetnsPair:
@@ -126,6 +131,9 @@ class NetnsPair:
                 "peer", "name", self.b.device, "netns", self.b.name)
             for ns in (self.a, self.b):
                 ns.run("ip", "link", "set", "lo", "up")
+                # IPv4 only: no IPv6 link-local address, router solicitations or MLD reports
+                knob = f"/proc/sys/net/ipv6/conf/{ns.device}/disable_ipv6"
+                ns.run("sh", "-c", f"if [ -e {knob} ]; then echo 1 > {knob}; fi")
                 ns.run("ip", "addr", "add", f"{ns.address}/{PREFIX_LEN}", "dev", ns.device)
                 if self.mtu:
                     ns.run("ip", "link", "set", ns.device, "mtu", str(self.mtu))

@@ -110,3 +110,18 @@ def test_mix_draws_every_focus_and_is_deterministic() -> None:
     assert [(q.instruction, q.reply) for q in a[1]] == [(q.instruction, q.reply) for q in b[1]]
     with pytest.raises(ValueError):
         mix.FailureMix({"counting": 1.0})
+
+
+def test_out_of_world_frames_answer_nothing_is_there() -> None:
+    flat = noisy = 0
+    for scene, queries, _ in _focus_scenes("out_of_world", 30, queries=6):
+        assert scene.objects == [] and scene.image.shape == (480, 640, 3) and scene.image.dtype == np.uint8
+        if scene.image.std() == 0:
+            flat += 1
+        else:
+            noisy += 1
+        for q in queries:
+            assert q.reply.startswith(("I don't see", "There are no")) or q.reply == "No.", q.reply
+            assert q.mask is None or not q.mask.any()
+        assert len({q.expression for q in queries}) == len(queries) == 6
+    assert flat > 5 and noisy > 5

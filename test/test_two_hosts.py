@@ -1,19 +1,21 @@
 """Camera and segment node on two "hosts": two network namespaces joined by a veth pair (issue 14).
 
 As root, the test makes namespaces ``ag2h<pid>a`` (192.0.2.1/24) and ``ag2h<pid>b`` (192.0.2.2/24)
-with test/netns_pair.py: only `lo` and the veth, no route out. In `a` it runs the demo camera
-(640x480 rgb8 frames: 15 UDP datagrams each) and a client; in `b` the installed segment_node. Every
-process uses Fast DDS over UDPv4 only (config/fastdds_multihost.xml) and discovers by unicast only:
-ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (rmw_fastrtps turns multicast off; its initial peers are
-127.0.0.1) plus ROS_STATIC_PEERS=<the other namespace's address>. So frames, the command, the mask
-and the reply can only meet by crossing the veth. The client sends a referring instruction of the
-camera's scene and must get the mask of a frame the camera published (same stamp, frame_id, size),
-while the veth counters show the frames crossed. Without root or `ip` the test skips, saying why.
+with test/netns_pair.py: only `lo` and the veth (IPv4 only), no route out. In `a` it runs the demo
+camera (640x480 rgb8 frames: 15 UDP datagrams each) and a client; in `b` the installed
+segment_node. Every process uses config/fastdds_multihost.xml (UDPv4 only; with the LOCALHOST
+range rmw_fastrtps adds shared memory, see the profile's comment), and discovery is unicast only, checked by `b`'s IP counters (no multicast packet may reach it):
 
-The same again with a Fast DDS Discovery Server (the wheel's fast-discovery-server, listening on
-192.0.2.1:11811 in namespace a) and ROS_DISCOVERY_SERVER in every process: clients discover only
-through the server (LOCALHOST range and no static peers: without the server the namespaces would
-not find each other); frames and masks still go straight between the two hosts.
+* ``static_peers``: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (rmw_fastrtps: no multicast, initial
+  peer 127.0.0.1) plus ROS_STATIC_PEERS=<the other namespace's address>;
+* ``discovery_server``: ROS_DISCOVERY_SERVER=192.0.2.1:11811, a Fast DDS Discovery Server (the
+  ros-fastrtps wheel's fast-discovery-server) in namespace `a`, no static peers: every participant
+  is a client of the server and can find the others only through it.
+
+So frames, the command, the mask and the reply can only meet by crossing the veth. The client sends
+a referring instruction of the camera's scene and must get the mask of a frame the camera
+published (same stamp, frame_id, size), while the veth counters show the frames crossed. Without
+root or `ip` the test skips, saying why.
 """
 
 from __future__ import annotations
@@ -79,9 +81,8 @@ def _host_env(tmp_path, name: str, discovery: str, peer: str, server: str) -> di
     (home / "log").mkdir(parents=True)
     if discovery == "static_peers":   # unicast to 127.0.0.1 and the other namespace only, no multicast
         extra = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_STATIC_PEERS": peer}
-    else:   # Fast DDS clients of the server (ROS_DISCOVERY_SERVER), no static peers: without the
-        # server the two namespaces could not find each other (LOCALHOST range: no multicast)
-        extra = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    else:                             # Fast DDS clients of the server (ROS_DISCOVERY_SERVER)
+        extra = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
                  "ROS_DISCOVERY_SERVER": f"{server}:{DISCOVERY_SERVER_PORT}"}
     env = ros_env(
         FASTRTPS_DEFAULT_PROFILES_FILE=str(MULTIHOST_PROFILE), RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
@@ -135,7 +136,7 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
             pytest.fail(f"fast-discovery-server did not start:\n{server.output()}")
     env_a = _host_env(tmp_path, "a", discovery, b.address, a.address)
     env_b = _host_env(tmp_path, "b", discovery, a.address, a.address)
-    before = b.device_counters()
+    before, mcast_before = b.device_counters(), b.multicast_received()
     node = in_ns(b, "segment_node", "--ros-args", "--params-file", str(PARAMS_FILE), env=env_b)
     camera = in_ns(a, "demo_camera", "--ros-args", "-p", f"rate_hz:={RATE_HZ}", "-p", f"width:={WIDTH}",
                    "-p", f"height:={HEIGHT}", "-p", "scene_period_s:=0.0", "-p", f"frame_id:={FRAME_ID}",
@@ -154,7 +155,7 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
         logs = (f"client:\n{client.output()}\nsegment_node:\n{node.output()[-3000:]}\n"
                 f"demo_camera:\n{camera.output()[-2000:]}")
         assert finished and code == 0, logs
-        after = b.device_counters()
+        after, mcast_after = b.device_counters(), b.multicast_received()
     finally:
         for proc in (client, camera, node, *([server] if server else [])):
             proc.stop(timeout=10)
@@ -177,6 +178,8 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
     frame_bytes = WIDTH * HEIGHT * 3
     assert after["rx_bytes"] - before["rx_bytes"] >= 2 * frame_bytes, (before, after)
     assert after["tx_bytes"] - before["tx_bytes"] >= WIDTH * HEIGHT, (before, after)
+    # Discovery was unicast only (peers / the server): not one multicast packet reached b.
+    assert mcast_after == mcast_before, f"{mcast_after - mcast_before} multicast packets reached namespace b"
     print(f"two hosts ({discovery}): {result['instruction']!r} -> {result['reply']!r}, "
           f"ready after {result['ready_s']} s, latency {result['latency_ms']} ms, "
           f"veth b rx {(after['rx_bytes'] - before['rx_bytes']) / 1e6:.1f} MB")

@@ -13,7 +13,11 @@ scene composition for one failure and asks the queries that exercise it:
   hues such as green/blue), asked for by colour, plus an absent third colour of that kind;
 * ``small``: every object near the lower size limit; ``crowded``: six objects;
 * ``absent_confusable``: absent ``{colour} {kind}`` referents whose colour or kind is present;
-* ``exists``: yes/no balanced, each "no" naming a present colour or a present kind.
+* ``exists``: yes/no balanced, each "no" naming a present colour or a present kind;
+* ``out_of_world``: a frame with no tabletop at all (a flat colour, or noise), whose answers are
+  all "I don't see ...", "There are no ..." and "No." (the shipped model garbles its text on flat
+  bright or saturated frames). Its frames come from ``out_of_world.training_frame``; the
+  photo-like family of ``out_of_world.py`` is never trained on, so it stays a check.
 
 Every reply and mask comes from ``world.all_queries`` of the scene actually rendered, so a query
 is correct even when the layout could not place every planned object. The mix is deterministic:
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .out_of_world import training_frame
 from .randomisation import Randomisation
 from .world import (
     COLOURS,
@@ -44,7 +49,7 @@ from .world import (
 )
 
 FOCUSES: tuple[str, ...] = ("count_kind", "count_colour", "colour_pair", "small", "crowded",
-                            "absent_confusable", "exists")
+                            "absent_confusable", "exists", "out_of_world")
 
 #: Colour pairs the shipped model confuses most readily: neighbours on the hue circle, and white
 #: with the palest of the saturated colours.
@@ -94,7 +99,7 @@ class FocusPlan:
     """A focus, its composition and the attributes the queries are about."""
 
     focus: str
-    composition: Composition
+    composition: Composition | None   # None: not a tabletop scene (out_of_world)
     kind: str | None = None
     colour: str | None = None
     pair: tuple[str, str] | None = None
@@ -129,6 +134,8 @@ def plan_focus(focus: str, rng: np.random.Generator) -> FocusPlan:
         return FocusPlan(focus, Composition(((None, None),) * n, SMALL_SIDE_RANGE))
     if focus == "crowded":
         return FocusPlan(focus, Composition(((None, None),) * MAX_OBJECTS, CROWDED_SIDE_RANGE))
+    if focus == "out_of_world":
+        return FocusPlan(focus, None)
     if focus in ("absent_confusable", "exists"):
         n = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
         return FocusPlan(focus, Composition(((None, None),) * n))
@@ -184,6 +191,8 @@ def focus_pool(scene: Scene, plan: FocusPlan) -> dict[str, list[Query]]:
             ck = _parse_colour_kind(q.expression)
             if ck is not None and _confusable(scene, *ck):
                 add("absent", q)
+        elif plan.focus == "out_of_world":
+            add(t, q)          # every absent form, every count (all zero), every yes/no (all "No.")
         elif plan.focus == "exists" and t == "exists":
             if q.reply == "Yes.":
                 add("yes", q)
@@ -223,5 +232,8 @@ def sample_focus_scene(seed: int, rng: np.random.Generator, queries: int, mix: F
     is rendered from ``seed`` with the plan's composition (and the randomisation, if any)."""
     mix = mix or FailureMix()
     plan = plan_focus(mix.draw(rng), rng)
-    scene = render_scene(seed, width, height, composition=plan.composition, randomisation=randomisation)
+    if plan.composition is None:
+        scene = Scene(image=training_frame(rng, height, width), objects=[], seed=seed, width=width, height=height)
+    else:
+        scene = render_scene(seed, width, height, composition=plan.composition, randomisation=randomisation)
     return scene, focus_queries(scene, plan, rng, queries), plan.focus

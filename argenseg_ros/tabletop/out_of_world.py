@@ -112,6 +112,18 @@ FRAMES: dict[str, tuple[tuple[str, Callable[[np.random.Generator, int, int], np.
 }
 
 
+def training_frame(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random out-of-world frame for training (``data_mix``'s ``out_of_world`` focus): half flat
+    colours of any value (grey or saturated, dark or bright), half the noise family. The photo-like
+    family is left out on purpose: it is the part of :func:`measure` no training frame resembles."""
+    if rng.random() < 0.5:
+        grey = rng.random() < 0.5
+        value = np.full(3, rng.integers(0, 256)) if grey else rng.integers(0, 256, 3)
+        return np.full((height, width, 3), value, np.uint8)
+    noise = FRAMES["noise"]
+    return noise[int(rng.integers(len(noise)))][1](rng, height, width)
+
+
 def frames(seed: int = 0, width: int = 640, height: int = 480) -> list[tuple[str, str, np.ndarray]]:
     """(family, name, image) for every out-of-world frame; deterministic in ``seed``."""
     out = []
