@@ -54,13 +54,17 @@ def count_calls(seg: Segmenter, image: np.ndarray, text: str) -> dict[str, int]:
     import pstats
 
     from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         seg.segment(image, text)
     aten = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
     profiler = cProfile.Profile()
     profiler.runcall(seg.segment, image, text)
-    return {"aten_ops": aten, "python_calls": pstats.Stats(profiler).total_calls}
+    with FlopCounterMode(display=False) as flops:      # matmuls, convolutions, attention
+        seg.segment(image, text)
+    return {"aten_ops": aten, "python_calls": pstats.Stats(profiler).total_calls,
+            "gflop": round(flops.get_total_flops() / 1e9, 3)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
