@@ -24,8 +24,8 @@ Everything here is per-request state owned by the caller (`generation.generate` 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -252,7 +252,13 @@ class StaticDecoder:
             return self._embed_and_forward(**inputs, key_len=None if self.static_shapes else self.cache.length)
         graph = self.graphs.get(columns.numel())
         if graph is None:
-            graph = self.graphs[columns.numel()] = self._capture(inputs)
+            try:
+                graph = self.graphs[columns.numel()] = self._capture(inputs)
+            except RuntimeError as err:       # e.g. an op that cannot be captured: run uncaptured from now on
+                warnings.warn(f"CUDA graph capture failed, running without graphs: {err}", RuntimeWarning,
+                              stacklevel=2)
+                self.cuda_graphs, self.graphs = False, {}
+                return self._embed_and_forward(**inputs, key_len=None)   # same keys again at the same columns
         else:
             for name, tensor in inputs.items():
                 graph.inputs[name].copy_(tensor)
@@ -263,7 +269,10 @@ class StaticDecoder:
         """Capture this step's forward. The warm-up run on a side stream IS this step (writing the
         same keys at the same columns again is harmless), so the cache stays right throughout."""
         static = {name: t.clone() for name, t in inputs.items()}
-        run: Callable[[], torch.Tensor] = lambda: self._embed_and_forward(**static, key_len=None)  # noqa: E731
+
+        def run() -> torch.Tensor:
+            return self._embed_and_forward(**static, key_len=None)
+
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
