@@ -44,13 +44,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _import_engine():
-    """The engine imports cv2 at module level for image preprocessing, which these benchmarks do
-    not use (they feed pixel tensors). On a bare GPU machine without OpenCV a stub stands in."""
+    """The engine imports cv2 and PIL at module level for image pre/post-processing, which these
+    benchmarks do not use (they feed pixel tensors). On a bare GPU machine without them stubs stand in."""
+    import types
+
     try:
         import cv2  # noqa: F401
     except ImportError:
-        import types
         sys.modules["cv2"] = types.ModuleType("cv2")
+    try:
+        from PIL import Image  # noqa: F401
+    except ImportError:
+        pil, image = types.ModuleType("PIL"), types.ModuleType("PIL.Image")
+        pil.Image = image
+        sys.modules["PIL"], sys.modules["PIL.Image"] = pil, image
     from argenseg_ros.engine import generation, model
     return generation, model
 
