@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_engine import _prompts
 
-from argenseg_ros.engine.generation import generate, static_cache_capacity
+from argenseg_ros.engine.generation import generate, static_cache_size
 from argenseg_ros.engine.model import random_model
 from argenseg_ros.engine.segmenter import Segmenter
 from argenseg_ros.engine.static_decode import StaticDecoder, UnsupportedByStaticDecoder
@@ -78,7 +78,7 @@ def test_fast_decoder_generates_the_eager_tokens(tiny, mode, static_shapes):
         kwargs.update(cfg_scale=3.0, uncond_input_ids_BT=u_ids, uncond_valid_BT=u_valid)
         rows = 4
     eager = generate(model, ids, valid, pixels, fast=False, **kwargs)
-    capacity = static_cache_capacity(model, ids.shape[1] + 4, 2, 8, 2)
+    capacity, _ = static_cache_size(model, ids.shape[1] + 4, 2, 8, 2)
     decoder = StaticDecoder.allocate(model, rows, capacity, static_shapes=static_shapes)
     fast = generate(model, ids, valid, pixels, decoder=decoder, **kwargs)
     assert eager.decoder is None and fast.decoder is decoder

@@ -107,10 +107,11 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
     position_ids = (key_valid.long().cumsum(1) - 1).clamp(min=0)
     step_decoder: StaticDecoder | EagerDecoder = EagerDecoder(model)
     if fast:
-        capacity = static_cache_capacity(model, input_ids_BT.shape[1], B, max_new_tokens, max_masks)
-        if decoder is None or not decoder.fits(R, capacity):
+        capacity, max_position = static_cache_size(model, input_ids_BT.shape[1], B, max_new_tokens, max_masks)
+        if decoder is None or not decoder.fits(R, capacity, max_position):
             try:
-                decoder = StaticDecoder.allocate(model, R, capacity, cuda_graphs=cuda_graphs)
+                decoder = StaticDecoder.allocate(model, R, capacity, max_position=max_position,
+                                                 cuda_graphs=cuda_graphs)
             except UnsupportedByStaticDecoder:
                 decoder = None           # e.g. dynamic RoPE past max_position_embeddings: eager is exact
         if decoder is not None:
@@ -189,13 +190,18 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
                             decoder=step_decoder if isinstance(step_decoder, StaticDecoder) else None)
 
 
-def static_cache_capacity(model: ARGenSegModel, prompt_len: int, rows: int, max_new_tokens: int,
-                          max_masks: int) -> int:
-    """Cache columns one request can fill: a row feeds at most `max_new_tokens` text columns and
-    L per mask, and a step's width is that of its widest row, so the rows' sum bounds it. Rounded
-    up so that a reused decoder fits the next, slightly longer prompt."""
-    columns = prompt_len + rows * (max_new_tokens + max_masks * model.num_slots)
-    return -(-columns // 64) * 64
+def static_cache_size(model: ARGenSegModel, prompt_len: int, rows: int, max_new_tokens: int,
+                      max_masks: int) -> tuple[int, int]:
+    """(cache columns, RoPE positions) one request can reach. A row feeds at most `max_new_tokens`
+    text columns and L per mask (its positions); a step's width is that of its widest row, so the
+    rows' sum bounds the columns. Rounded up so that a reused decoder fits the next, slightly
+    longer prompt."""
+    per_row = max_new_tokens + max_masks * model.num_slots
+    return _round_up(prompt_len + rows * per_row, 64), _round_up(prompt_len + per_row, 64)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _next_scale_step(model: ARGenSegModel, row: _Row, codes: torch.Tensor, f_hat: torch.Tensor, b: int) -> None:

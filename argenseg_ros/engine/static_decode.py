@@ -196,26 +196,29 @@ class StaticDecoder:
     cache: StaticKVCache
     inv_freq: torch.Tensor
     rope_scaling: float
+    max_position: int                 # RoPE positions below this are exact with `inv_freq`
     static_shapes: bool = False
     cuda_graphs: bool = False
     graphs: dict[int, _Graph] = field(default_factory=dict)
     graph_pool: tuple | None = None
 
     @classmethod
-    def allocate(cls, model: ARGenSegModel, rows: int, capacity: int, *, static_shapes: bool = False,
-                 cuda_graphs: bool = False) -> "StaticDecoder":
+    def allocate(cls, model: ARGenSegModel, rows: int, capacity: int, *, max_position: int | None = None,
+                 static_shapes: bool = False, cuda_graphs: bool = False) -> "StaticDecoder":
+        """`max_position`: the largest RoPE position a request may reach (default: `capacity`)."""
         device, dtype = model.pos_1LC.device, model.pos_1LC.dtype
+        max_position = capacity if max_position is None else max_position
         if cuda_graphs and device.type != "cuda":
             raise ValueError("cuda_graphs needs the model on a CUDA device")
         if model.backbone.config.text_config._attn_implementation != "sdpa":
             raise UnsupportedByStaticDecoder("the static decoder computes attention as transformers' 'sdpa'")
-        inv_freq, scaling = static_inverse_frequencies(model, capacity)
+        inv_freq, scaling = static_inverse_frequencies(model, max_position)
         return cls(model=model, cache=StaticKVCache.allocate(model, rows, capacity, device, dtype),
-                   inv_freq=inv_freq, rope_scaling=scaling, static_shapes=static_shapes or cuda_graphs,
-                   cuda_graphs=cuda_graphs)
+                   inv_freq=inv_freq, rope_scaling=scaling, max_position=max_position,
+                   static_shapes=static_shapes or cuda_graphs, cuda_graphs=cuda_graphs)
 
-    def fits(self, rows: int, capacity: int) -> bool:
-        return self.cache.rows == rows and self.cache.capacity >= capacity
+    def fits(self, rows: int, capacity: int, max_position: int) -> bool:
+        return self.cache.rows == rows and self.cache.capacity >= capacity and self.max_position >= max_position
 
     def start(self) -> "StaticDecoder":
         self.cache.reset()
