@@ -18,8 +18,8 @@ one-host setup of config/fastdds_profile.xml).
 Reports per case: frames published / received, latency median / p90 / p99 / max, veth bytes per
 frame received (the wire cost: 921,600 bytes of pixels + headers), the subscriber namespace's UDP
 counters (RcvbufErrors: datagrams the kernel dropped because a socket buffer was full), multicast
-packets into namespace b, Fast DDS shared-memory ports opened (/dev/shm/fastrtps_port*), the
-processes' CPU time.
+packets into namespace b, Fast DDS shared memory the two processes mapped (/dev/shm/fastrtps_*:
+``fastrtps_<id>`` segments, ``fastrtps_port<n>`` port queues), the processes' CPU time.
 No traffic shaping: the veth is as fast as the machine (tc netem is not available in this kernel:
 "Specified qdisc kind is unknown"). A benchmark, not a test.
 
@@ -172,6 +172,15 @@ def host_env(tmp: Path, tag: str, profile: str, discovery: str, peer: str | None
     return env
 
 
+def shm_mapped(pid: int) -> set[str]:
+    """Fast DDS shared-memory files (/dev/shm/fastrtps_*) that process ``pid`` has mapped."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {ln.rsplit("/", 1)[1] for ln in maps.splitlines() if "/dev/shm/fastrtps_" in ln}
+
+
 def children_cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -194,7 +203,6 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
         time.sleep(1.0)
     before, udp_before = pair.b.device_counters(), sub_ns.udp_counters()
     mcast_before = pair.b.multicast_received()
-    shm_before = set(Path("/dev/shm").glob("fastrtps_port*"))
     cpu0 = children_cpu_s()
     load0 = os.getloadavg()
     sub = subprocess.Popen(sub_ns.wrap([sys.executable, "-c", SUBSCRIBER, "3.0", str(args.seconds + 90)]),
@@ -203,9 +211,16 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
                                         str(args.rate_hz), str(args.seconds)]),
                            env=env_pub, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        shm_ports: set[Path] = set()
-        while pub.poll() is None:   # Fast DDS shared-memory ports opened meanwhile (both namespaces see /dev/shm)
-            shm_ports |= set(Path("/dev/shm").glob("fastrtps_port*")) - shm_before
+        shm_ports: set[str] = set()
+        shm_sizes: dict[str, int] = {}
+        while pub.poll() is None:   # Fast DDS shared memory mapped by the two processes
+            shm_ports |= shm_mapped(pub.pid) | shm_mapped(sub.pid)
+            for shm_name in shm_ports - set(shm_sizes):
+                if "_port" not in shm_name:
+                    try:
+                        shm_sizes[shm_name] = (Path("/dev/shm") / shm_name).stat().st_size
+                    except OSError:
+                        pass
             time.sleep(0.5)
         pub_out, _ = pub.communicate(timeout=args.seconds + 90)
         sub_out, _ = sub.communicate(timeout=30)
@@ -246,14 +261,15 @@ def run_case(pair: NetnsPair, name: str, args, tmp: Path) -> dict:
         "veth_b_rx_bytes_per_frame_received": round(rx / received) if across and received else None,
         "subscriber_namespace_udp": udp,
         "multicast_packets_into_b": mcast,
-        "shm_ports_opened": len({p.name for p in shm_ports if not p.name.endswith("_el")}),
+        "shm_files_mapped": sorted(shm_ports),
+        "shm_segment_bytes": sorted(shm_sizes.values()),
         "cpu_s_pub_plus_sub": round(cpu, 2),
         "loadavg_before": [round(x, 2) for x in load0],
     }
     lm = result["latency_ms"]
     print(f"[two_hosts] {name:28s} {received:4d}/{p['published']} frames  latency median {lm['median']} ms "
           f"p90 {lm['p90']} p99 {lm['p99']} max {lm['max']}  veth rx {rx / 1e6:.1f} MB  "
-          f"rcvbuf drops {udp['RcvbufErrors']}  mcast {mcast}  shm ports {result['shm_ports_opened']}  cpu {cpu:.1f} s",
+          f"rcvbuf drops {udp['RcvbufErrors']}  mcast {mcast}  shm {len(shm_ports)}  cpu {cpu:.1f} s",
           flush=True)
     return result
 

@@ -78,3 +78,16 @@ def test_shipped_tokenizer_reconstructions_gain_from_the_guided_upsampler() -> N
     assert 0.6 < report["mask_iou"] < 0.95
     assert report["frame_iou_guided"] > report["frame_iou"] + 0.03
     assert len(report["code_usage_per_scale"]) == 5 and report["code_usage_per_scale"][0] >= 1
+
+
+def test_tokenizer_eval_cli_writes_its_report(tmp_path, capsys) -> None:
+    import json
+
+    threads = torch.get_num_threads()
+    try:
+        assert tokenizer_eval.main(["--scenes", "1", "--out", str(tmp_path / "r" / "tok.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "r" / "tok.json").read_text())
+    assert report["num_scenes"] == 1 and report["source"] == "shipped model" and "by_size" in report
+    assert '"by_size"' not in capsys.readouterr().out and report["torch_threads"] == 1

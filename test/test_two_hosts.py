@@ -21,12 +21,13 @@ root or `ip` the test skips, saying why.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import CONFIG_DIR, PARAMS_FILE, RosProcess, package_executable, ros_env
+from conftest import CONFIG_DIR, PARAMS_FILE, REPO_ROOT, package_executable, ros_env
 from netns_pair import DISCOVERY_SERVER_PORT, NetnsPair, NetnsUnavailable, discovery_server_command, unavailable_reason
 
 MULTIHOST_PROFILE = CONFIG_DIR / "fastdds_multihost.xml"
@@ -76,6 +77,28 @@ rclpy.shutdown()
 """
 
 
+def test_multihost_profile_is_udpv4_only_with_room_for_large_frames():
+    """config/fastdds_multihost.xml: the default participant has exactly one transport, UDPv4, no
+    builtin transports (no shared memory), and socket buffers that hold a 1280x720 rgb8 frame."""
+    ns = {"dds": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    root = ET.parse(MULTIHOST_PROFILE).getroot()
+    descriptors = {d.findtext("dds:transport_id", namespaces=ns): d
+                   for d in root.iterfind(".//dds:transport_descriptor", ns)}
+    default = [p for p in root.iterfind(".//dds:participant", ns) if p.get("is_default_profile") == "true"]
+    assert len(default) == 1
+    rtps = default[0].find("dds:rtps", ns)
+    assert rtps.findtext("dds:useBuiltinTransports", namespaces=ns) == "false"
+    used = [t.text for t in rtps.iterfind("dds:userTransports/dds:transport_id", ns)]
+    assert len(used) == 1 and descriptors[used[0]].findtext("dds:type", namespaces=ns) == "UDPv4"
+    udp = descriptors[used[0]]
+    for key in ("sendBufferSize", "receiveBufferSize"):
+        assert int(udp.findtext(f"dds:{key}", namespaces=ns)) >= 1280 * 720 * 3, key
+    assert 1500 < int(udp.findtext("dds:maxMessageSize", namespaces=ns)) <= 65500
+    # No discovery settings in the file: those come from the ROS variables on each host.
+    assert rtps.find("dds:builtin", ns) is None
+    assert "fastdds_multihost.xml" in (REPO_ROOT / "README.md").read_text()
+
+
 def _host_env(tmp_path, name: str, discovery: str, peer: str, server: str) -> dict[str, str]:
     home = tmp_path / f"ros_home_{name}"
     (home / "log").mkdir(parents=True)
@@ -119,8 +142,9 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
         routes = ns.run("ip", "-4", "route", "show").stdout.strip().splitlines()
         assert len(routes) == 1 and routes[0].startswith("192.0.2.0/24 "), routes
 
-    ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "ip"
+    ip = shutil.which("ip")
 
+    # Processes started through the fixture are stopped at teardown, before the namespaces go.
     def in_ns(ns, name, *args, env, argv0=None):
         exe = argv0 or str(package_executable(name))
         return start_ros_executable(name, "netns", "exec", ns.name, exe, *args, env=env, executable=ip)
@@ -130,9 +154,8 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
         argv, server_env = discovery_server_command(a.address, DISCOVERY_SERVER_PORT)
         if argv is None:
             pytest.skip(f"no Discovery Server here: {server_env}")
-        server = RosProcess(a.wrap(argv), server_env, tmp_path / "discovery_server.log")
+        server = in_ns(a, "discovery_server", *argv[1:], env=server_env, argv0=argv[0])
         if not server.wait_for_output("Server is running", timeout=20):
-            server.stop()
             pytest.fail(f"fast-discovery-server did not start:\n{server.output()}")
     env_a = _host_env(tmp_path, "a", discovery, b.address, a.address)
     env_b = _host_env(tmp_path, "b", discovery, a.address, a.address)
@@ -147,7 +170,7 @@ def test_frame_command_and_mask_cross_between_two_hosts(discovery, two_hosts, st
     env_client = dict(env_a, ROS_SUPER_CLIENT="TRUE") if server else env_a
     client = in_ns(a, "two_hosts_client", "-c", CLIENT, env=env_client, argv0=sys.executable)
     try:
-        finished = client.wait_for_output("RESULT ", timeout=150)
+        finished = client.wait_for_output("RESULT ", timeout=120)
         try:
             code = client.proc.wait(timeout=30)   # it shuts down by itself after the result
         except subprocess.TimeoutExpired:

@@ -1,10 +1,18 @@
 """Requests to the segmentation worker, from any source, in one order (no ROS here).
 
-A request source (the command topic today; an action server later) builds a :class:`Request` with
-its own ``respond`` callback and hands it to ``SegmentWorker.submit``. The worker calls
-``respond`` exactly once per request with a :class:`Response` (served, refused because the queue
-is full, or refused at shutdown); a tracking request keeps getting one response per tracked frame
-(``Response.tracked``) until it is replaced or stopped.
+A request source (the command topic; the action server ``segment_action``) builds a
+:class:`Request` with its own ``respond`` callback and hands it to ``SegmentWorker.submit``. The
+worker calls ``respond`` exactly once per request with a :class:`Response` (served, refused
+because the queue is full, or refused at shutdown); a tracking request keeps getting one response
+per tracked frame (``Response.tracked``) until it is replaced or stopped.
+
+A text command is parsed by the worker (``stop``, the tracking prefix); a structured request
+(an action goal) carries :class:`GoalOptions` instead and its text is only the instruction. It
+may also ask to hear where it is (``on_stage``: "prefill" when the model call starts, "decoding"
+when the model has answered) and when its tracking ends for another reason than its own
+withdrawal (``on_end``: replaced, a ``stop`` command, shutdown); a source that gives up on a
+request (a cancelled goal) sets ``withdrawn`` and takes it out of the queue
+(:meth:`RequestQueue.remove`): the worker then neither serves nor tracks it.
 
 :class:`RequestQueue` is the bounded FIFO between the sources' threads and the worker: it never
 blocks and never drops silently; ``offer`` says why it refused.
@@ -34,6 +42,8 @@ class Response:
     tracked: bool = False                  # a tracked frame, not the answer to the command itself
     result_3d: object | None = None        # depth_3d.Result3D (3D outputs on, mask not empty): has_3d,
     #                                        error_3d, centroid_3d, box_3d, points; .copy_to(result)
+    reply: str | None = None               # the model's reply alone (body without notes); None when
+    #                                        the body is not a model answer (errors, tracking messages)
 
     @property
     def is_error(self) -> bool:
@@ -45,11 +55,28 @@ class Response:
 
 
 @dataclass
+class GoalOptions:
+    """A structured request's settings; None = the node's parameter (action goal -> request)."""
+
+    track: bool = False                    # track the camera's frames (ignored with ``image``)
+    image: object | None = None            # sensor_msgs/Image to segment once instead of a camera frame
+    compute_3d: Callable[[np.ndarray], object] | None = field(default=None, repr=False)
+    #                                        ``image``'s 3D: mask -> depth_3d.Result3D (its own depth)
+    mask_threshold: float | None = None
+    cfg_scale: float | None = None
+    max_rate_hz: float | None = None
+
+
+@dataclass
 class Request:
     text: str                                     # the instruction as received
     received: float                               # time.monotonic() at arrival
     respond: Callable[[Response], None] = field(repr=False)
     source: str = "command topic"                 # who sent it (log lines)
+    options: GoalOptions | None = None            # None: a text command (stop words, tracking prefix)
+    on_stage: Callable[[str], None] | None = field(default=None, repr=False)
+    on_end: Callable[[str], None] | None = field(default=None, repr=False)
+    withdrawn: bool = False                       # its source gave up on it: neither serve nor track it
 
 
 class RequestQueue:
@@ -61,6 +88,9 @@ class RequestQueue:
         self._lock = threading.Lock()
         self._items: deque[Request] = deque()
         self._closed_reason: str | None = None
+        # Called (worker thread, no lock held) after each take: sources that report queue
+        # positions (the action server) recompute them.
+        self.on_take: Callable[[], None] | None = None
 
     def offer(self, request: Request) -> str | None:
         """Queue ``request``; None if queued, else why it was refused (full, or closed)."""
@@ -75,7 +105,27 @@ class RequestQueue:
 
     def take(self) -> Request | None:
         with self._lock:
-            return self._items.popleft() if self._items else None
+            request = self._items.popleft() if self._items else None
+        if request is not None and self.on_take is not None:
+            self.on_take()
+        return request
+
+    def remove(self, request: Request) -> bool:
+        """Take ``request`` out of the queue (its source withdrew it); False if it is not waiting."""
+        with self._lock:
+            for index, item in enumerate(self._items):
+                if item is request:   # identity: two requests with equal fields are still two
+                    del self._items[index]
+                    return True
+        return False
+
+    def position(self, request: Request) -> int | None:
+        """How many requests wait ahead of ``request``; None if it is not waiting."""
+        with self._lock:
+            for index, item in enumerate(self._items):
+                if item is request:
+                    return index
+        return None
 
     def close(self, reason: str) -> list[Request]:
         """Refuse every later offer with ``reason``; return the requests still waiting (removed)."""

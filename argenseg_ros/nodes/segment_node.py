@@ -5,8 +5,10 @@ imports (rclpy, torch) is caught here: the process exits 0 without a traceback. 
 :class:`argenseg_ros.nodes.segmentation_node.SegmentNode` (``PARAMETERS``, ``SPECS`` and
 ``SegmentNode`` are also reachable from this module, imported on first use).
 
-Start: a node of the same name already on the graph (every command would be answered twice)
-stops this one with exit status 1 and a message; so do bad parameter values.
+Start: a node of the same name already running (every command would be answered twice) stops
+this one with exit status 1 and a message, at start or whenever discovery reveals it later
+(``single_instance``: the younger of two stops); so do bad parameter values. Inputs open after
+:data:`DUPLICATE_CHECK_S` (longer while the graph shows a same-name node not yet announced).
 
 Shutdown (first SIGINT/SIGTERM): waiting requests get an ``error: node is shutting down`` reply,
 the request in hand is finished (at most :data:`SHUTDOWN_GRACE_S`; if it takes longer it is
@@ -23,6 +25,7 @@ import time
 
 NODE_NAME = "argenseg"
 DUPLICATE_CHECK_S = 2.0     # how long the graph is watched at start for a node of the same name
+DUPLICATE_WAIT_MAX_S = 15.0  # ... and at most this long while one is seen but not yet announced
 SHUTDOWN_GRACE_S = 10.0     # the request in hand at SIGINT/SIGTERM gets this long to finish
 SPIN_PERIOD_S = 0.1         # the main thread returns to Python this often (to see signals)
 _LAZY = ("PARAMETERS", "SPECS", "SegmentNode")
@@ -98,23 +101,25 @@ def main(args=None) -> int:
     log = node.get_logger()
     code, finished = 0, True
     try:
-        check_until = time.monotonic() + DUPLICATE_CHECK_S
-        duplicate = False
+        started = time.monotonic()
 
         def checking() -> bool:
-            nonlocal duplicate
-            duplicate = node.same_name_nodes() > 0
-            return not duplicate and not signals.received.is_set() and time.monotonic() < check_until
+            if signals.received.is_set() or node.older_duplicate():
+                return False
+            waited = time.monotonic() - started
+            unannounced = node.same_name_nodes() > node.instance_guard.others_known
+            return waited < DUPLICATE_CHECK_S or (unannounced and waited < DUPLICATE_WAIT_MAX_S)
         _spin_while(executor, node, checking)
-        if duplicate:
-            log.error(f"another node named {node.get_fully_qualified_name()} is already running: not "
-                      f"starting a second one (every command would be answered twice). Stop it, or give "
+        if not node.older_duplicate():
+            node.open_inputs()
+            _spin_while(executor, node, lambda: not signals.received.is_set() and not node.older_duplicate())
+        older = node.older_duplicate()
+        if older:
+            log.error(f"another node named {node.get_fully_qualified_name()} is already running ({older}): "
+                      f"this one stops (every command would be answered twice). Stop the other one, or give "
                       f"this one another name: --ros-args -r __node:=<name>")
             code = 1
-        else:
-            node.open_inputs()
-            _spin_while(executor, node, lambda: not signals.received.is_set())
-        finished = _stop_worker(node, executor, signals, echo)
+        finished = _stop_worker(node, executor, signals, echo, reply_waiting=not older)
     finally:
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
@@ -126,15 +131,18 @@ def main(args=None) -> int:
     return code
 
 
-def _stop_worker(node, executor, signals: _Signals, echo) -> bool:
-    """Refuse what waits, finish the request in hand within the grace time; False if it did not end."""
+def _stop_worker(node, executor, signals: _Signals, echo, reply_waiting: bool = True) -> bool:
+    """Refuse what waits, finish the request in hand within the grace time; False if it did not end.
+
+    ``reply_waiting`` False (a duplicate stopping: the older node answers the same commands): the
+    waiting commands are dropped without a reply."""
     worker, log = node.worker, node.get_logger()
     in_hand = worker.in_flight
     pending = len(worker.queue)
     if signals.received.is_set():
         log.info(f"{signals.name}: shutting down" + (f"; finishing {echo(in_hand.text)}" if in_hand else "")
                  + (f"; refusing {pending} waiting command(s)" if pending else ""))
-    worker.close("node is shutting down")
+    worker.close("node is shutting down", reply=reply_waiting)
     if worker.state == "loading":  # nothing promised yet: do not wait for the model
         return worker.join(0.0)
     deadline = time.monotonic() + SHUTDOWN_GRACE_S

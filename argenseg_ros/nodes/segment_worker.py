@@ -63,12 +63,31 @@ class Counters:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def release_freed_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc keeps them after a large frame otherwise)."""
+_M_MMAP_THRESHOLD = -3            # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 4 << 20    # allocations above it (a large frame's buffers) are their own mappings
+
+
+def _libc():
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: the defaults stay
+        return None
+
+
+def return_large_buffers_at_once() -> None:
+    """Make glibc give every allocation above 4 MiB its own mapping, returned when freed. By default
+    the threshold follows the largest block freed (up to 32 MiB), so after one large frame such
+    buffers come from the heap and stay in RSS."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (after a large frame)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class SegmentWorker:
@@ -104,6 +123,7 @@ class SegmentWorker:
     # ------------------------------------------------------------------ API for the node
 
     def start(self) -> None:
+        return_large_buffers_at_once()
         self._thread.start()
 
     @property
@@ -122,10 +142,13 @@ class SegmentWorker:
                     key=f"refused: {refusal}")   # a burst: every command replied, one log line per interval
         return False
 
-    def close(self, reason: str) -> None:
-        """Refuse waiting and later requests with ``reason``; stop after the request in hand."""
+    def close(self, reason: str, reply: bool = True) -> None:
+        """Refuse waiting and later requests with ``reason`` (``reply`` False: drop the waiting ones
+        silently); stop after the request in hand."""
         for request in self.queue.close(reason):
             self.counters.count("commands_refused")
+            if not reply:
+                continue
             self._error(request, f"{reason}; command not served: {echo(request.text)}", None, request.received,
                         key=f"not served: {reason}")
         self._stop.set()

@@ -44,6 +44,7 @@ from .request_queue import Request, Response
 from .segment_diagnostics import segmentation_status
 from .segment_outputs import SegmentOutputs
 from .segment_worker import Counters, SegmentWorker
+from .single_instance import InstanceGuard
 
 NODE_NAME = "argenseg"
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -142,6 +143,7 @@ class SegmentNode(Node):
         self.depth_3d = depth_3d.Depth3D(self)   # ~/points, ~/centroid_3d, ~/box_3d with depth topics
         self._reply_pub = self.create_publisher(String, "~/reply", reply_qos)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.instance_guard = InstanceGuard(self)   # ~/instance: is an older node of this name running?
 
         if self._p["input_format"] == "compressed":
             self._image_type, image_topic = CompressedImage, self._p["image_topic"].rstrip("/") + "/compressed"
@@ -187,6 +189,12 @@ class SegmentNode(Node):
         """How many other nodes on the graph have this node's namespace and name."""
         me = (self.get_name(), self.get_namespace())
         return max(0, self.get_node_names_and_namespaces().count(me) - 1)
+
+    def older_duplicate(self) -> str | None:
+        """Who the older node of this name is, if one runs (announced, and on the graph: a stray
+        announcement alone does not stop the node)."""
+        older = self.instance_guard.older
+        return older if older is not None and self.same_name_nodes() > 0 else None
 
     # ------------------------------------------------------------------ parameters
 

@@ -18,15 +18,14 @@ Console: ``python -m argenseg_ros.tabletop.out_of_world --out report.json [--mod
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from .reports import write_report
 from .world import MASK_PLACEHOLDER, REFERRING_REPLY, expression_vocabulary
 
 #: Instructions asked of every frame: a referring expression, an "object" form, both question kinds.
@@ -175,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     report = measure(Segmenter.from_pretrained(args.model), args.seed)
     report["model"] = args.model or "shipped model"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))
+    write_report(args.out, report, leave_out_of_summary="samples")
     return 0
 
 

@@ -18,10 +18,8 @@ Console: ``python -m argenseg_ros.tabletop.tokenizer_eval --model DIR | --checkp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -33,6 +31,7 @@ from argenseg_ros.engine.vqvae import MultiScaleVQVAE, VQVAEConfig, images_to_ma
 
 from . import world
 from .randomisation import Randomisation
+from .reports import write_report
 from .training import HELDOUT_SEED_BASE, resize_mask
 
 #: Object-size bins (visible pixels at 640x480) of the issue's breakdown.
@@ -136,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     report = reconstruction_report(vqvae, args.scenes, args.first_seed,
                                    randomisation=Randomisation() if args.randomise else None)
     report["source"] = args.checkpoint or args.model or "shipped model"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in report.items() if k != "by_size"}, indent=1))
+    write_report(args.out, report, leave_out_of_summary="by_size")
     return 0
 
 
