@@ -1,10 +1,13 @@
 """ros2 launch argenseg_ros segment.launch.py [image:=...] [command:=...] [device:=...] [model_path:=...]
-                                           [params_file:=...]
+                                           [params_file:=...] [managed:=true|false]
 
 Starts the argenseg node (executable segment_node, name argenseg) with the parameters of
 ``params_file`` (default: the installed config/argenseg.yaml), then ``device`` and
 ``model_path`` on top of it (launch arguments always win over the file; their defaults are the
-file's defaults: cpu and the shipped model). Topic remappings:
+file's defaults: cpu and the shipped model). ``managed`` (default false, also overriding the
+file): true starts a managed lifecycle node that waits for a lifecycle manager (e.g. Nav2's
+lifecycle_manager with ``node_names: [argenseg]``) to configure and activate it; false configures
+and activates itself. Topic remappings:
 
 * ``image`` -> the ``image`` argument, and ``image/compressed`` -> ``<image>/compressed``
   (used when the parameters say ``input_format: compressed``),
@@ -43,6 +46,10 @@ def generate_launch_description():
         DeclareLaunchArgument("model_path", default_value="",
                               description='native model directory; "" = the shipped model '
                                           "(overrides params_file)"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="true: a managed lifecycle node, configured and activated by a "
+                                          "lifecycle manager; false: it configures and activates itself "
+                                          "(overrides params_file)"),
         Node(
             package=PACKAGE,
             executable=EXECUTABLE,
@@ -53,7 +60,8 @@ def generate_launch_description():
                 LaunchConfiguration("params_file"),
                 # value_type=str: an empty model_path stays "" (not YAML null)
                 {"device": ParameterValue(LaunchConfiguration("device"), value_type=str),
-                 "model_path": ParameterValue(LaunchConfiguration("model_path"), value_type=str)},
+                 "model_path": ParameterValue(LaunchConfiguration("model_path"), value_type=str),
+                 "managed": ParameterValue(LaunchConfiguration("managed"), value_type=bool)},
             ],
             remappings=[
                 ("image", image),

@@ -104,8 +104,13 @@ def evaluate(value, config: dict[str, str]):
     if _kind(value) == "LaunchConfiguration":
         return config[value.args[0]]
     if _kind(value) == "ParameterValue":
-        assert value.kwargs.get("value_type") is str
-        return evaluate(value.args[0], config)
+        value_type = value.kwargs.get("value_type")
+        assert value_type in (str, bool), value_type
+        text = evaluate(value.args[0], config)
+        if value_type is bool:   # launch reads "true"/"false" (YAML) into a bool
+            assert text.lower() in ("true", "false"), text
+            return text.lower() == "true"
+        return text
     if isinstance(value, (list, tuple)):
         return "".join(evaluate(v, config) for v in value)
     assert isinstance(value, str), value
@@ -114,13 +119,14 @@ def evaluate(value, config: dict[str, str]):
 
 def test_launch_arguments(description, installed_prefix):
     args = _arguments(description)
-    assert set(args) == {"params_file", "image", "command", "device", "model_path"}
+    assert set(args) == {"params_file", "image", "command", "device", "model_path", "managed"}
     params_file = Path(args["params_file"])
     assert params_file == installed_prefix / "share" / PACKAGE / "config" / "argenseg.yaml"
     assert filecmp.cmp(params_file, REPO_ROOT / "config" / "argenseg.yaml", shallow=False)
     defaults = yaml.safe_load(params_file.read_text())["argenseg"]["ros__parameters"]
     # The defaults of the arguments that override the file are the file's own defaults.
     assert args["device"] == defaults["device"] and args["model_path"] == defaults["model_path"]
+    assert args["managed"] == "false" and defaults["managed"] is False
     assert args["image"] == defaults["image_topic"] and args["command"] == defaults["command_topic"]
 
 
@@ -133,7 +139,8 @@ def test_node_action_contract(description, installed_prefix):
     config = {**_arguments(description), "image": "/cam/image_raw", "command": "/robot/say"}
     params = node.kwargs["parameters"]
     assert evaluate(params[0], config) == str(installed_prefix / "share" / PACKAGE / "config" / "argenseg.yaml")
-    assert {k: evaluate(v, config) for k, v in params[1].items()} == {"device": "cpu", "model_path": ""}
+    assert {k: evaluate(v, config) for k, v in params[1].items()} == {"device": "cpu", "model_path": "",
+                                                                       "managed": False}
     remaps = {evaluate(k, config): evaluate(v, config) for k, v in node.kwargs["remappings"]}
     assert remaps == {"image": "/cam/image_raw", "image/compressed": "/cam/image_raw/compressed",
                       "~/command": "/robot/say"}

@@ -50,7 +50,6 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"   # sharded format: index + 
 TOKENIZER_FILE = "tokenizer.json"
 
 
-
 def causal_attention_mask(key_valid_BT: torch.Tensor, q_len: int) -> torch.Tensor:
     """Boolean (B, 1, q_len, T) mask, True = attend: causal over cache order, padded keys hidden.
 

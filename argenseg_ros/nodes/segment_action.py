@@ -358,6 +358,11 @@ class SegmentActionServer:
                 result.success, result.error, result.frames_served = False, reason, goal.frames
                 self._finish(goal, "abort", result)
 
+    def pending(self) -> bool:
+        """Whether goals are active or their results not yet handed to rclpy."""
+        with self._lock:
+            return bool(self._goals)
+
     def destroy(self, wait_s: float = 2.0) -> None:
         """Destroy the server, after up to ``wait_s`` for the results of finished goals to go out
         (rclpy sends them from executor tasks; from the executor's own spinning thread this

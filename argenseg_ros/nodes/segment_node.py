@@ -28,6 +28,7 @@ DUPLICATE_CHECK_S = 2.0     # how long the graph is watched at start for a node 
 DUPLICATE_WAIT_MAX_S = 15.0  # ... and at most this long while one is seen but not yet announced
 SHUTDOWN_GRACE_S = 10.0     # the request in hand at SIGINT/SIGTERM gets this long to finish
 SPIN_PERIOD_S = 0.1         # the main thread returns to Python this often (to see signals)
+GOAL_RESULTS_S = 2.0        # at shutdown, the executor runs at most this long to send aborted goals' results
 _LAZY = ("PARAMETERS", "SPECS", "SegmentNode")
 
 
@@ -72,6 +73,17 @@ def _spin_while(executor, node, keep_going) -> None:
             return
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is somewhere in the exception's cause/context chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(args=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # during the imports: as SIGINT, a quiet exit
     try:
@@ -83,7 +95,11 @@ def main(args=None) -> int:
 
         from .replies import echo
         from .segmentation_node import SegmentNode
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as exc:
+        # rclpy's loader of its C extension turns an interrupt into "ImportError from
+        # KeyboardInterrupt": that is a signal too; a real ImportError still fails loudly.
+        if isinstance(exc, ImportError) and not _caused_by_interrupt(exc):
+            raise
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # half-imported extension modules: skip the interpreter's teardown
@@ -111,8 +127,9 @@ def main(args=None) -> int:
             return waited < DUPLICATE_CHECK_S or (unannounced and waited < DUPLICATE_WAIT_MAX_S)
         _spin_while(executor, node, checking)
         if not node.older_duplicate():
-            node.open_inputs()
-            _spin_while(executor, node, lambda: not signals.received.is_set() and not node.older_duplicate())
+            node.start()   # autostart: configure + activate; managed: a lifecycle manager does
+            _spin_while(executor, node, lambda: (not signals.received.is_set() and not node.older_duplicate()
+                                                 and not node.finalized))
         older = node.older_duplicate()
         if older:
             log.error(f"another node named {node.get_fully_qualified_name()} is already running ({older}): "
@@ -137,6 +154,8 @@ def _stop_worker(node, executor, signals: _Signals, echo, reply_waiting: bool = 
     ``reply_waiting`` False (a duplicate stopping: the older node answers the same commands): the
     waiting commands are dropped without a reply."""
     worker, log = node.worker, node.get_logger()
+    if worker is None:   # never configured, cleaned up, or finalized: nothing runs
+        return True
     in_hand = worker.in_flight
     pending = len(worker.queue)
     if signals.received.is_set():
@@ -144,16 +163,31 @@ def _stop_worker(node, executor, signals: _Signals, echo, reply_waiting: bool = 
                  + (f"; refusing {pending} waiting command(s)" if pending else ""))
     worker.close("node is shutting down", reply=reply_waiting)
     if worker.state == "loading":  # nothing promised yet: do not wait for the model
+        _send_goal_results(node, executor)
         return worker.join(0.0)
     deadline = time.monotonic() + SHUTDOWN_GRACE_S
     _spin_while(executor, node, lambda: (not worker.join(0.0) and time.monotonic() < deadline
                                          and signals.count < 2))
     if worker.join(0.0):
+        _send_goal_results(node, executor)
         return True
     dropped = worker.in_flight
     log.error("shutdown: the worker did not finish within "
               f"{SHUTDOWN_GRACE_S:g} s" + (f"; dropped {echo(dropped.text)} without a reply" if dropped else ""))
     return False
+
+
+def _send_goal_results(node, executor) -> None:
+    """Spin until the goals aborted by the shutdown have their results out (rclpy sends them from
+    executor tasks), at most :data:`GOAL_RESULTS_S`."""
+    server = node.action_server
+    if server is None:
+        return
+    deadline = time.monotonic() + GOAL_RESULTS_S
+    _spin_while(executor, node, lambda: server.pending() and time.monotonic() < deadline)
+    # ... and a little longer: the result responses go out from tasks of their own after that.
+    settle = min(deadline, time.monotonic() + 0.3)
+    _spin_while(executor, node, lambda: time.monotonic() < settle)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ identical errors are logged (and, for tracked frames, replied) once per
 from __future__ import annotations
 
 import ctypes
+import gc
 import threading
 import time
 import traceback
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frame_slot import LARGE_FRAME_PIXELS, Frame, FrameSlot
+from .frame_slot import LARGE_FRAME_PIXELS, Frame, FrameSlot, admit
 from .replies import ERROR_PREFIX, RepeatThrottle, bounded, command_problem, echo, normalize_command
 from .request_queue import Request, RequestQueue, Response
 
@@ -37,6 +38,7 @@ ABSENT_PREFIX = "I don't see"    # a referring reply without a mask: the referen
 LATENCY_WINDOW = 50              # requests in the diagnostics' latency statistics
 ERROR_REPEAT_INTERVAL_S = 2.0    # identical errors: logged (tracked frames: replied) once per interval
 IDLE_WAIT_S = 0.5
+OWN_IMAGE = "the request's own image"   # an action goal's image, in messages ("... (in <this>)")
 
 
 @dataclass
@@ -83,6 +85,18 @@ def return_large_buffers_at_once() -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
+def rss_mib() -> float:
+    """This process's resident set size in MiB (Linux; 0.0 where /proc is not readable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
 def release_freed_memory() -> None:
     """Hand the heap's free pages back to the OS (after a large frame)."""
     libc = _libc()
@@ -107,7 +121,8 @@ class SegmentWorker:
         self._throttle = RepeatThrottle(ERROR_REPEAT_INTERVAL_S)
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.inference: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self.state = "loading"                    # loading | ready | error
+        self.state = "loading"                    # loading | ready | error | freed
+        self.loaded = threading.Event()           # set when loading has ended (ready or error)
         self.load_error = ""
         self.model_name = ""
         self.last_error = ""
@@ -118,6 +133,7 @@ class SegmentWorker:
         self._tracked_seq = 0
         self._next_track_time = 0.0
         self._silence_reported = 0.0
+        self._stop_tracking_reason: str | None = None   # set by another thread, acted on by the worker
         self._thread = threading.Thread(target=self._run, name="argenseg-worker", daemon=True)
 
     # ------------------------------------------------------------------ API for the node
@@ -130,6 +146,12 @@ class SegmentWorker:
     def tracking(self) -> str:
         """The instruction being tracked, or ""."""
         return self._tracking_text if self._tracking is not None else ""
+
+    @property
+    def num_scales(self) -> int:
+        """K, the model's number of mask scales (0 until it is loaded)."""
+        seg = self._segmenter
+        return len(seg.model.patch_nums) if seg is not None else 0
 
     def submit(self, request: Request) -> bool:
         """Queue ``request`` (any thread); refused at once with an error response if it cannot be."""
@@ -151,12 +173,44 @@ class SegmentWorker:
                 continue
             self._error(request, f"{reason}; command not served: {echo(request.text)}", None, request.received,
                         key=f"not served: {reason}")
+        self._end_tracking(reason)
         self._stop.set()
+        self.wake.set()
+
+    def stop_tracking(self, reason: str) -> None:
+        """End tracking (any thread; the worker acts on it before its next tracked frame)."""
+        self._stop_tracking_reason = reason
         self.wake.set()
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def free_model(self) -> str:
+        """Drop the model once the thread has ended (lifecycle cleanup); what was freed, in words.
+
+        ``del`` of the only reference, a garbage collection, CUDA's cached blocks back to the driver
+        (``torch.cuda.empty_cache``) and the heap's free pages back to the OS (``malloc_trim``)."""
+        if self._thread.is_alive():
+            raise RuntimeError("free_model() while the worker thread still runs")
+        before = rss_mib()
+        seg, self._segmenter = self._segmenter, None
+        on_cuda = seg is not None and seg.device.type == "cuda"
+        cuda_before = cuda_after = 0.0
+        if on_cuda:
+            import torch
+
+            cuda_before = torch.cuda.memory_reserved(seg.device) / 2**20
+        del seg
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
+            cuda_after = torch.cuda.memory_reserved() / 2**20
+        release_freed_memory()
+        self.state = "freed"
+        after = rss_mib()
+        cuda = f", CUDA reserved {cuda_before:.0f} -> {cuda_after:.0f} MiB" if on_cuda else ""
+        return f"RSS {before:.0f} -> {after:.0f} MiB ({after - before:+.0f} MiB){cuda}"
 
     def camera_silent_s(self) -> float | None:
         """Seconds without a frame if that is over ``max_frame_age_s`` (and a limit is set), else None."""
@@ -172,7 +226,9 @@ class SegmentWorker:
             request = self.queue.take()
             timeout = 0.0
             try:
-                if request is not None:
+                if request is not None and request.withdrawn:
+                    pass   # its source gave up on it (a cancelled goal) and has answered it
+                elif request is not None:
                     self.in_flight = request
                     self._serve(request)
                 else:
@@ -181,7 +237,7 @@ class SegmentWorker:
                 if self._stop.is_set():
                     return  # shutting down: publishers may be gone
                 self._log.error(f"request failed:\n{traceback.format_exc()}")
-                self._tracking = None
+                self._end_tracking(f"internal error: {type(exc).__name__}: {exc}")
                 if request is not None:  # its promised reply
                     self._error(request, f"internal error: {type(exc).__name__}: {exc}", None, request.received)
             finally:
@@ -213,8 +269,10 @@ class SegmentWorker:
                                       else f"{type(exc).__name__}: {exc}")
             self.state = "error"
             self._log.error(f"model failed to load, every command will get an error reply: {self.load_error}")
+            self.loaded.set()
             return
         self.state = "ready"
+        self.loaded.set()
         model_dir = model_path or "(shipped tabletop model)"
         self._log.info(f"ready: model {self.model_name!r} from {model_dir} on {self._p['device']} "
                        f"({self._p['dtype']}), loaded in {time.monotonic() - t0:.1f} s")
@@ -223,22 +281,23 @@ class SegmentWorker:
 
     def _serve(self, request: Request) -> None:
         text, t0 = normalize_command(request.text), request.received
-        if not text or text.lower().rstrip(".!") in STOP_WORDS:
-            self._serve_stop(request, text)
-            return
-        problem = command_problem(text)
-        if problem is not None:
-            self._error(request, problem, None, t0)
-            return
-        prefix, track = self._p["tracking_prefix"], self._p["tracking"]
-        if text.lower().startswith(prefix.lower()) or text.lower() == prefix.strip().lower():
-            text, track = text[len(prefix):].strip(), True
-            if not text:
-                self._error(request, f"tracking command without an instruction (e.g. '{prefix}the red cup')",
-                            None, t0)
+        options = request.options
+        if options is None:   # a text command: stop words and the tracking prefix apply
+            parsed = self._parse_command(request, text)
+            if parsed is None:
                 return
+            text, track = parsed
+        else:                 # a structured request (action goal): the text is the instruction
+            problem = command_problem(text) if text else "empty instruction (send one, e.g. 'the red cup')"
+            if problem is not None:
+                self._error(request, problem, None, t0)
+                return
+            track = options.track and options.image is None
         if self.state != "ready":
             self._error(request, f"model not loaded: {self.load_error}", None, t0)
+            return
+        if options is not None and options.image is not None:   # its own image, segmented once
+            self._segment(request, admit(options.image, self._p["max_frame_pixels"]), text, t0)
             return
         frame = self.slot.take_newest()
         if track:
@@ -260,10 +319,29 @@ class SegmentWorker:
             return
         self._segment(request, frame, text, t0)
 
+    def _parse_command(self, request: Request, text: str) -> tuple[str, bool] | None:
+        """(instruction, track) of a text command; None when it has been answered here (stop, errors)."""
+        t0 = request.received
+        if not text or text.lower().rstrip(".!") in STOP_WORDS:
+            self._serve_stop(request, text)
+            return None
+        problem = command_problem(text)
+        if problem is not None:
+            self._error(request, problem, None, t0)
+            return None
+        prefix, track = self._p["tracking_prefix"], self._p["tracking"]
+        if text.lower().startswith(prefix.lower()) or text.lower() == prefix.strip().lower():
+            text, track = text[len(prefix):].strip(), True
+            if not text:
+                self._error(request, f"tracking command without an instruction (e.g. '{prefix}the red cup')",
+                            None, t0)
+                return None
+        return text, track
+
     def _serve_stop(self, request: Request, text: str) -> None:
         if self._tracking is not None:
             self._log.info(f"tracking {self._tracking_text!r} stopped")
-            self._tracking = None
+            self._end_tracking(f"tracking stopped by a {echo(text or 'stop')} command on the command topic")
             self._reply(request, "Tracking stopped.", None, request.received)
         elif not text:
             self._error(request, "empty command (send an instruction, e.g. 'the red cup')", None, request.received)
@@ -271,11 +349,37 @@ class SegmentWorker:
             self._reply(request, "Not tracking.", None, request.received)
 
     def _start_tracking(self, request: Request, text: str, frame: Frame | None) -> None:
+        if self._tracking is not None:
+            self._end_tracking(f"replaced by tracking {echo(text)} ({request.source})")
         self._tracking, self._tracking_text = request, text
         self._tracked_seq = frame.seq if frame is not None else 0
-        self._next_track_time = time.monotonic() + 1.0 / self._p["max_rate_hz"]
+        self._next_track_time = time.monotonic() + 1.0 / self._rate(request)
         self._silence_reported = time.monotonic()
-        self._log.info(f"tracking {text!r} at up to {self._p['max_rate_hz']} Hz")
+        self._log.info(f"tracking {text!r} at up to {self._rate(request)} Hz ({request.source})")
+
+    def _end_tracking(self, reason: str) -> None:
+        """Stop tracking; a source that asked (``on_end``: a tracking goal) hears why."""
+        request, self._tracking = self._tracking, None
+        if request is not None and request.on_end is not None and not request.withdrawn:
+            try:
+                request.on_end(reason)
+            except Exception:  # a source's bug must not end the worker
+                self._log.error(f"on_end of {request.source} failed:\n{traceback.format_exc()}")
+
+    def _rate(self, request: Request) -> float:
+        options = request.options
+        return options.max_rate_hz if options is not None and options.max_rate_hz else self._p["max_rate_hz"]
+
+    def _where(self, request: Request) -> str:
+        options = request.options
+        return OWN_IMAGE if options is not None and options.image is not None else self.image_topic
+
+    def _stage(self, request: Request, stage: str) -> None:
+        if request.on_stage is not None:
+            try:
+                request.on_stage(stage)
+            except Exception:  # a source's bug must not end the worker
+                self._log.error(f"on_stage of {request.source} failed:\n{traceback.format_exc()}")
 
     def _too_old(self, frame: Frame) -> str | None:
         limit = self._p["max_frame_age_s"]
@@ -288,6 +392,13 @@ class SegmentWorker:
 
     def _track_step(self) -> float:
         """Track the newest frame if one is due: 0.0 if it ran, else how long to wait."""
+        reason, self._stop_tracking_reason = self._stop_tracking_reason, None
+        if reason is not None and self._tracking is not None:
+            self._log.info(f"tracking {self._tracking_text!r} stopped: {reason}")
+            self._end_tracking(reason)
+        if self._tracking is not None and self._tracking.withdrawn:   # its goal was cancelled
+            self._log.info(f"tracking {self._tracking_text!r} stopped ({self._tracking.source} withdrawn)")
+            self._tracking = None
         if self._tracking is None or self.state != "ready":
             return IDLE_WAIT_S
         frame = self.slot.newest()
@@ -299,7 +410,7 @@ class SegmentWorker:
             return wait
         frame = self.slot.take_newest()
         self._tracked_seq = frame.seq
-        self._next_track_time = time.monotonic() + 1.0 / self._p["max_rate_hz"]
+        self._next_track_time = time.monotonic() + 1.0 / self._rate(self._tracking)
         self._segment(self._tracking, frame, self._tracking_text, frame.received, tracked=True)
         return 0.0
 
@@ -319,14 +430,20 @@ class SegmentWorker:
     def _segment(self, request: Request, frame: Frame, instruction: str, t0: float, tracked: bool = False) -> None:
         from argenseg_ros.engine.segmenter import InputError
 
+        where = self._where(request)
         try:
             rgb = frame.rgb()
         except ValueError as exc:
-            self._error(request, f"{exc} (on {self.image_topic})", frame, t0, tracked)
+            self._error(request, f"{exc} ({'in' if where == OWN_IMAGE else 'on'} {where})", frame, t0, tracked)
             return
-        seg = self._segmenter
-        seg.mask_threshold = self._p["mask_threshold"]
-        seg.cfg_scale = self._p["cfg_scale"]
+        seg, options = self._segmenter, request.options
+        seg.mask_threshold = (options.mask_threshold if options is not None and options.mask_threshold
+                              else self._p["mask_threshold"])
+        seg.cfg_scale = (options.cfg_scale if options is not None and options.cfg_scale is not None
+                         else self._p["cfg_scale"])
+        # The engine reports no progress inside its call: "prefill" covers the whole model call
+        # (prefill, the K scales, the VQ-VAE), "decoding" the rest (mask at the frame size, 3D).
+        self._stage(request, "prefill")
         try:
             result = seg.segment(rgb, instruction)
         except InputError as exc:
@@ -337,13 +454,16 @@ class SegmentWorker:
             self._error(request, f"segmentation failed: {type(exc).__name__}: {exc}", frame, t0, tracked)
             return
         self.inference.append(result.timings.get("total", 0.0))
+        self._stage(request, "decoding")
         mask = None
         if result.masks:
             mask = np.logical_or.reduce(result.masks)
         elif result.reply.startswith(ABSENT_PREFIX):
             mask = np.zeros(rgb.shape[:2], bool)
         result_3d = None   # depth_3d.Result3D when the node has 3D outputs and the mask is not empty
-        if mask is not None:
+        if mask is not None and where == OWN_IMAGE:   # not the camera's: not on the output topics
+            result_3d = options.compute_3d(mask) if options.compute_3d is not None and mask.any() else None
+        elif mask is not None:
             result_3d = self._publish_outputs(mask, rgb, frame.header)
             self.counters.count("masks")
         if frame.pixels > LARGE_FRAME_PIXELS:
@@ -351,15 +471,15 @@ class SegmentWorker:
         body = result.reply
         if result_3d is not None and not result_3d.has_3d:
             body += f" (no 3D: {result_3d.error_3d})"
-        self._reply(request, body, frame, t0, tracked, mask, result_3d)
+        self._reply(request, body, frame, t0, tracked, mask, result_3d, reply=result.reply)
 
     # ------------------------------------------------------------------ responses
 
     def _reply(self, request: Request, body: str, frame: Frame | None, t0: float, tracked: bool = False,
-               mask: np.ndarray | None = None, result_3d: object | None = None) -> None:
+               mask: np.ndarray | None = None, result_3d: object | None = None, reply: str | None = None) -> None:
         latency = time.monotonic() - t0
         response = Response(body, frame.stamp if frame else None, latency, frame.header if frame else None,
-                            mask, tracked, result_3d)
+                            mask, tracked, result_3d, reply)
         if frame is not None:
             self.latencies.append(latency)
         self.counters.count("requests")

@@ -12,9 +12,27 @@ README.md's section "The segmentation node". Concerns, one module each:
   request source's ``respond`` (here: ``~/reply`` text, ``replies.format_reply``),
 * diagnostics: ``segment_diagnostics.segmentation_status``.
 
+* goals: ``segment_action.SegmentActionServer`` (``~/segment``, argenseg_ros/action/Segment), on
+  the same worker and queue as the commands.
+
 Callbacks (image, command, timer and parameter services: one callback group each) only store
-what arrived and wake the worker. Inputs and diagnostics start with :meth:`SegmentNode.open_inputs`,
-once the entry point has checked that no other node of the same name runs.
+what arrived and wake the worker.
+
+The node is a managed (lifecycle) node in both modes; :meth:`SegmentNode.start` runs once the entry
+point has checked that no other node of the same name runs. ``managed: false`` (the default):
+it configures and activates itself there. ``managed: true``: a lifecycle manager drives it:
+
+* configure: the worker starts and loads the model (FAILURE, and back to unconfigured, when it
+  cannot: managed mode waits for the load; autostart does not, so that a missing model still gets
+  ``error: model not loaded`` replies), the action server comes up, rejecting goals;
+* activate: image and command subscriptions, diagnostics, goals accepted;
+* deactivate: those stop; active goals and tracking are aborted ("node deactivated");
+* cleanup: the worker stops (queued requests refused) and the model is freed
+  (``SegmentWorker.free_model``: logged as ``model freed: RSS a -> b MiB ...``);
+* shutdown: whichever of those is due, then the entry point exits.
+
+Publishers (outputs, reply, diagnostics) and the 3D helper's depth subscriptions live as long as
+the node: without inputs nothing is published while inactive.
 """
 
 from __future__ import annotations
@@ -25,7 +43,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -41,6 +59,7 @@ from . import depth_3d
 from .frame_slot import FrameSlot
 from .node_support import ParameterSpec, declare_checked, refuse_bad_changes
 from .request_queue import Request, Response
+from .segment_action import SegmentActionServer
 from .segment_diagnostics import segmentation_status
 from .segment_outputs import SegmentOutputs
 from .segment_worker import Counters, SegmentWorker
@@ -51,6 +70,7 @@ DIAGNOSTICS_PERIOD_S = 1.0
 REPLY_HISTORY = 1000     # replies kept for slow readers: a burst of refusals is not lost in the writer
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
 _MAX_PIXELS = 8192 * 8192
+CLEANUP_WAIT_S = 30.0    # cleanup waits this long for the request in hand before it fails
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -120,11 +140,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   "instructions starting with this prefix are tracked on every frame",
                   validator=_check_prefix, constraints="not blank, at most 50 characters"),
     ParameterSpec("tracking", False, "track every instruction (as if it had the tracking prefix)"),
+    ParameterSpec("managed", False, "true: a managed lifecycle node that waits for a lifecycle manager's "
+                  "configure and activate; false: it configures and activates itself at start",
+                  read_only=True),
 ) + depth_3d.PARAMETERS   # depth_topic, camera_info_topic (empty = no 3D), pairing, centroid
 SPECS = {spec.name: spec for spec in PARAMETERS}
 
 
-class SegmentNode(Node):
+class SegmentNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self._p = declare_checked(self, PARAMETERS)
@@ -153,16 +176,117 @@ class SegmentNode(Node):
         self.command_topic = self.resolve_topic_name(self._p["command_topic"])
 
         self.counters = Counters()
-        self.slot = FrameSlot(self.counters.count, lambda: self.worker.wake.set())
-        self.worker = SegmentWorker(self._p, self.slot, self.counters, self.get_logger(), self.image_topic,
-                                    self._publish_outputs)
+        self.slot = FrameSlot(self.counters.count, self._wake_worker)
+        self.worker: SegmentWorker | None = None            # configured: the worker and its model
+        self.action_server: SegmentActionServer | None = None
+        self._inputs: list = []                             # active: subscriptions and the timer
+        self.finalized = False                              # the shutdown transition has run
         summary = ", ".join(f"{s.name}={self._p[s.name]!r}" for s in PARAMETERS)
         self.get_logger().info(f"parameters: {summary}")
+
+    def _wake_worker(self) -> None:
+        worker = self.worker
+        if worker is not None:
+            worker.wake.set()
+
+    def start(self) -> None:
+        """After the duplicate-name check: autostart configures and activates; managed waits."""
+        if self._p["managed"]:
+            self.get_logger().info(f"managed: waiting for configure and activate on "
+                                   f"{self.get_fully_qualified_name()}/change_state")
+            return
+        self.trigger_configure()
+        self.trigger_activate()
+
+    # ------------------------------------------------------------------ lifecycle transitions
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("configure", self._configure)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("activate", self._activate)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("deactivate", self._deactivate)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("cleanup", self._cleanup)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        def shutdown() -> bool:
+            if self._inputs:
+                self._deactivate("node is shutting down")
+            ok = self.worker is None or self._cleanup()
+            self.finalized = True
+            return ok
+        return self._transition("shutdown", shutdown)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"lifecycle error processing (from {state.label}): cleaning up")
+        if self._inputs:
+            self._deactivate("node error")
+        if self.worker is not None:
+            self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _transition(self, name: str, step) -> TransitionCallbackReturn:
+        """Run a transition; rclpy swallows exceptions of transition callbacks, so log them here."""
+        try:
+            ok = step()
+        except Exception as exc:
+            self.get_logger().error(f"{name} failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.ERROR
+        self.get_logger().info(f"lifecycle: {name} {'done' if ok else 'FAILED'}")
+        return TransitionCallbackReturn.SUCCESS if ok else TransitionCallbackReturn.FAILURE
+
+    def _configure(self) -> bool:
+        self.worker = SegmentWorker(self._p, self.slot, self.counters, self.get_logger(), self.image_topic,
+                                    self._publish_outputs)
         self.get_logger().info(f"loading model {self._model_dir} on {self._p['device']} ({self._p['dtype']})")
         self.worker.start()
+        if self._p["managed"]:   # a lifecycle manager should hear that the model did not load
+            self.worker.loaded.wait()
+            if self.worker.state != "ready":
+                self.worker.close("model not loaded")
+                self.worker.join(CLEANUP_WAIT_S)
+                self.worker = None
+                return False
+        self.action_server = SegmentActionServer(self)   # rejects goals until activated
+        return True
+
+    def _activate(self) -> bool:
+        self.open_inputs()
+        self.action_server.accept_goals(True)
+        return True
+
+    def _deactivate(self, reason: str = "node deactivated") -> bool:
+        self.action_server.accept_goals(False)
+        self.action_server.abort_all(reason)
+        for entity in self._inputs:
+            if entity is self._diag_timer:
+                self.destroy_timer(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._inputs = []
+        self.worker.stop_tracking(reason)
+        return True
+
+    def _cleanup(self) -> bool:
+        worker = self.worker
+        worker.close("node is cleaning up")
+        if not worker.join(CLEANUP_WAIT_S):
+            self.get_logger().error(f"cleanup: the worker did not finish its request within {CLEANUP_WAIT_S:g} s")
+            return False
+        if self.action_server is not None:
+            self.action_server.destroy()
+            self.action_server = None
+        freed = worker.free_model()
+        self.worker = None
+        self.get_logger().info(f"model freed: {freed}")
+        return True
 
     def open_inputs(self) -> None:
-        """Subscribe to images and commands, start diagnostics (after the duplicate-name check)."""
+        """Subscribe to images and commands, start diagnostics (activate)."""
         self._subscribe_images()
         # Keep all: a burst of commands waits in the reader until the callback queues (or refuses)
         # each one; with keep-last the oldest would be dropped there without a reply.
@@ -172,6 +296,7 @@ class SegmentNode(Node):
                                                      callback_group=self._command_group)
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
                                              callback_group=self._timer_group)
+        self._inputs = [self._image_sub, self._command_sub, self._diag_timer]
         self.get_logger().info(
             f"listening: images on {self.image_topic} ({self._image_type.__name__}, {self._p['reliability']}), "
             f"commands on {self.command_topic}")
