@@ -15,9 +15,10 @@ second `<ge_start>`), the next text token is the end of the reply. A request is 
 `<ge_start>` -> the mask -> VQ-VAE decode -> `<ge_end>` -> end; a released model answers
 "Sure, the segmentation result: <mask>." and so spends ~8 more text forwards than measured here.
 
-Timing (CUDA synchronised at each mark): prefill = request start .. end of the prompt forward
-(vision tower + projector + LLM prefill); mask_decode = end of prefill .. start of the VQ-VAE decode
-(all visual tokens, including the `<ge_start>` forward); vqvae_decode = the VQ-VAE decode;
+Timing (CUDA synchronised at each mark): prefill = request start .. the first text-head call, i.e.
+the end of the prompt forward (vision tower + projector + LLM prefill); mask_decode = end of prefill
+.. start of the VQ-VAE decode (all visual tokens, including the `<ge_start>` forward, plus any forced
+text before the mask); vqvae_decode = the VQ-VAE decode;
 end_to_end = the whole `generate()` call. Medians over --reps after --warmup runs.
 This file also holds the helpers bench/gpu_profile.py uses.
 """
@@ -43,13 +44,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _import_engine():
-    """The engine imports cv2 at module level for image preprocessing, which these benchmarks do
-    not use (they feed pixel tensors). On a bare GPU machine without OpenCV a stub stands in."""
+    """The engine imports cv2 and PIL at module level for image pre/post-processing, which these
+    benchmarks do not use (they feed pixel tensors). On a bare GPU machine without them stubs stand in."""
+    import types
+
     try:
         import cv2  # noqa: F401
     except ImportError:
-        import types
         sys.modules["cv2"] = types.ModuleType("cv2")
+    try:
+        from PIL import Image  # noqa: F401
+    except ImportError:
+        pil, image = types.ModuleType("PIL"), types.ModuleType("PIL.Image")
+        pil.Image = image
+        sys.modules["PIL"], sys.modules["PIL.Image"] = pil, image
     from argenseg_ros.engine import generation, model
     return generation, model
 
@@ -125,30 +133,41 @@ def _sync(device: torch.device) -> None:
 
 
 class ForcedSingleMask:
-    """Context: bias the text logits so a request is exactly `<ge_start>` mask `<ge_end>` end, and
-    time-stamp the end of the prefill and the VQ-VAE decode (with device syncs)."""
+    """Context: bias the text logits so a request is exactly `text_before` text tokens, `<ge_start>`,
+    the mask, `<ge_end>`, `text_after` text tokens, end; time-stamp the end of the prefill (the
+    first text-head call) and the VQ-VAE decode (with device syncs). `rows`: the batch size (all
+    rows are forced alike, so they move in lockstep and the text head is called once per row)."""
 
-    def __init__(self, model):
+    def __init__(self, model, text_before: int = 0, text_after: int = 0, rows: int = 1):
         self.model = model
+        self.text_before, self.text_after, self.rows = text_before, text_after, rows
         self.marks: dict[str, float] = {}
+        self.text_head_calls = 0
 
     def __enter__(self):
         model, ids = self.model, self.model.config.token_ids
         device = model.pos_1LC.device
-        bias = torch.zeros(model.vocab_size - model.codebook_size, device=device, dtype=torch.float32)
-        bias[ids["ge_start"]] = 1e4
-        bias[ids["eos"]] = 5e3
-        text_logits, decode, fhat_to_img = model.text_logits, model.decode, model.vqvae.fhat_to_img
+        n_text = model.vocab_size - model.codebook_size
+        filler = next(i for i in range(n_text) if i not in set(ids.values()))   # an ordinary text token
+
+        def bias_towards(token: int) -> torch.Tensor:
+            bias = torch.zeros(n_text, device=device, dtype=torch.float32)
+            bias[token] = 1e4
+            return bias
+
+        biases = {"filler": bias_towards(filler), "ge_start": bias_towards(ids["ge_start"]), "eos": bias_towards(ids["eos"])}
+        text_logits, fhat_to_img = model.text_logits, model.vqvae.fhat_to_img
 
         def biased_text_logits(hidden):
-            return text_logits(hidden).float() + bias
-
-        def timed_decode(*args, **kwargs):
-            out = decode(*args, **kwargs)
             if "prefill_end" not in self.marks:
                 _sync(device)
                 self.marks["prefill_end"] = time.perf_counter()
-            return out
+            step = self.text_head_calls // self.rows
+            self.text_head_calls += 1
+            before, after = self.text_before, self.text_after
+            kind = ("filler" if step < before or before < step <= before + after
+                    else "ge_start" if step == before else "eos")
+            return text_logits(hidden).float() + biases[kind]
 
         def timed_fhat_to_img(*args, **kwargs):
             _sync(device)
@@ -158,49 +177,82 @@ class ForcedSingleMask:
             self.marks.setdefault("vq_end", time.perf_counter())
             return out
 
-        model.text_logits, model.decode, model.vqvae.fhat_to_img = biased_text_logits, timed_decode, timed_fhat_to_img
+        model.text_logits, model.vqvae.fhat_to_img = biased_text_logits, timed_fhat_to_img
         return self
 
     def __exit__(self, *exc):
-        for name in ("text_logits", "decode"):
-            self.model.__dict__.pop(name, None)
+        self.model.__dict__.pop("text_logits", None)
         self.model.vqvae.__dict__.pop("fhat_to_img", None)
         return False
 
 
-def run_once(model, inputs, raster: bool) -> dict[str, float]:
+def batch_inputs(inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: int):
+    """The same request `rows` times in one batch."""
+    return tuple(t.expand(rows, *t.shape[1:]).contiguous() for t in inputs)
+
+
+def run_once(model, inputs, raster: bool, *, fast: bool = True, cuda_graphs: bool = False, decoder=None,
+             text_before: int = 0, text_after: int = 0):
+    """One forced request -> (timings, the generation output); `decoder` is reused (see generate)."""
     generation, _ = _import_engine()
     ids, valid, pixels = inputs
+    rows = ids.shape[0]
     device = model.pos_1LC.device
-    with ForcedSingleMask(model) as forced:
+    with ForcedSingleMask(model, text_before, text_after, rows) as forced:
         _sync(device)
         t0 = time.perf_counter()
-        out = generation.generate(model, ids, valid, pixels, max_new_tokens=4, max_masks=1, raster_order=raster)
+        out = generation.generate(model, ids, valid, pixels, max_new_tokens=text_before + text_after + 4,
+                                  max_masks=1, raster_order=raster, fast=fast, cuda_graphs=cuda_graphs,
+                                  decoder=decoder)
         _sync(device)
         t1 = time.perf_counter()
     m = forced.marks
-    visual = sum(1 for t in out.token_ids[0] if t >= model.config.token_ids["visual_offset"])
-    if len(out.mask_codes[0]) != 1 or visual != model.num_slots or not {"prefill_end", "vq_start", "vq_end"} <= set(m):
-        raise RuntimeError(f"expected exactly one mask of {model.num_slots} tokens, got {len(out.mask_codes[0])} "
-                           f"mask(s), {visual} visual tokens")
-    return {"prefill_s": m["prefill_end"] - t0, "mask_decode_s": m["vq_start"] - m["prefill_end"],
-            "vqvae_decode_s": m["vq_end"] - m["vq_start"], "end_to_end_s": t1 - t0,
-            "tokens_per_mask": visual, "forwards_per_mask": model.num_slots if raster else len(model.patch_nums)}
+    offset = model.config.token_ids["visual_offset"]
+    for b in range(rows):
+        visual = sum(1 for t in out.token_ids[b] if t >= offset)
+        text = len(out.token_ids[b]) - visual - 1                      # <ge_end> is forced, not decoded
+        if len(out.mask_codes[b]) != 1 or visual != model.num_slots or text != text_before + text_after + 2 \
+                or not {"prefill_end", "vq_start", "vq_end"} <= set(m):
+            raise RuntimeError(f"expected exactly one mask of {model.num_slots} tokens and {text_before + text_after + 2} "
+                               f"text tokens, got {len(out.mask_codes[b])} mask(s), {visual} visual, {text} text tokens")
+    timings = {"prefill_s": m["prefill_end"] - t0, "mask_decode_s": m["vq_start"] - m["prefill_end"],
+               "vqvae_decode_s": m["vq_end"] - m["vq_start"], "end_to_end_s": t1 - t0,
+               "tokens_per_mask": model.num_slots, "forwards_per_mask": model.num_slots if raster else len(model.patch_nums),
+               "text_forwards": text_before + text_after + 1, "rows": rows}
+    return timings, out
 
 
-def measure(model, inputs, raster: bool, reps: int, warmup: int) -> dict[str, Any]:
+def measure(model, inputs, raster: bool, reps: int, warmup: int, *, fast: bool = True, cuda_graphs: bool = False,
+            text_before: int = 0, text_after: int = 0, reference_tokens: list[list[int]] | None = None) -> dict[str, Any]:
+    """Medians over `reps` requests after `warmup`; one decoder is reused throughout (graphs captured
+    in the first request). With `reference_tokens`, reports whether every request generated them."""
     device = model.pos_1LC.device
+    decoder = None
+    kwargs = dict(fast=fast, cuda_graphs=cuda_graphs, text_before=text_before, text_after=text_after)
     for _ in range(warmup):
-        run_once(model, inputs, raster)
+        decoder = run_once(model, inputs, raster, decoder=decoder, **kwargs)[1].decoder
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runs = [run_once(model, inputs, raster) for _ in range(reps)]
+    runs, outputs = [], []
+    for _ in range(reps):
+        timings, out = run_once(model, inputs, raster, decoder=decoder, **kwargs)
+        decoder = out.decoder
+        runs.append(timings)
+        outputs.append(out.token_ids)
     result: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k.endswith("_s")}
     result.update(tokens_per_mask=runs[0]["tokens_per_mask"], forwards_per_mask=runs[0]["forwards_per_mask"],
+                  text_forwards=runs[0]["text_forwards"], rows=runs[0]["rows"], decoder=_decoder_name(fast, cuda_graphs),
                   reps=reps, warmup=warmup, end_to_end_all_s=[round(r["end_to_end_s"], 5) for r in runs])
+    if reference_tokens is not None:
+        result["tokens_equal_to_eager"] = all(tokens == reference_tokens for tokens in outputs)
+    result["token_ids"] = outputs[-1]
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
+
+
+def _decoder_name(fast: bool, cuda_graphs: bool) -> str:
+    return "eager" if not fast else "static+cuda_graphs" if cuda_graphs else "static"
 
 
 def describe(model, device: str, dtype: torch.dtype) -> dict[str, Any]:
@@ -234,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--raster-reps", type=int, default=None, help="default: --reps")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--decoder", choices=["fast", "eager"], default="fast",
+                        help="generation's static-cache decoder (default) or the eager reference")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")]
@@ -247,8 +301,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     inputs = prompt_inputs(model, tokenizer)
     result: dict[str, Any] = {"benchmark": "next_scale_vs_raster", "model": source, **describe(model, args.device, dtype),
                               "prompt_tokens": int(inputs[0].shape[1])}
-    result["next_scale"] = measure(model, inputs, raster=False, reps=args.reps, warmup=args.warmup)
-    result["raster"] = measure(model, inputs, raster=True, reps=args.raster_reps or args.reps, warmup=args.warmup)
+    fast = args.decoder == "fast"
+    result["decoder"] = args.decoder
+    result["next_scale"] = measure(model, inputs, raster=False, reps=args.reps, warmup=args.warmup, fast=fast)
+    result["raster"] = measure(model, inputs, raster=True, reps=args.raster_reps or args.reps, warmup=args.warmup,
+                               fast=fast)
+    for entry in (result["next_scale"], result["raster"]):
+        entry.pop("token_ids")
     ns, rs = result["next_scale"], result["raster"]
     result["speedup_end_to_end"] = rs["end_to_end_s"] / ns["end_to_end_s"]
     result["speedup_mask_decode"] = rs["mask_decode_s"] / ns["mask_decode_s"]

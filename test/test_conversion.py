@@ -278,3 +278,11 @@ def test_gpu_profile_script_runs_tiny_on_cpu(tmp_path):
     assert result["variants"]["eager_raster"]["forwards_per_mask"] == result["tokens_per_mask"]
     assert result["variants"]["eager_next_scale"]["forwards_per_mask"] == len(result["patch_nums"])
     assert "engine_decode_q1" in result["forward_breakdown"] and "static_cache" in result
+    # the static-cache decoder's variants run on the CPU and generate the eager tokens; graphs need CUDA
+    for name in ("fast_next_scale", "fast_reply", "fast_next_scale_batch4"):
+        entry = result["variants"][name]
+        assert entry["end_to_end_s"] > 0 and entry["tokens_equal_to_eager"] is True, (name, entry)
+    assert result["variants"]["fast_reply"]["text_forwards"] == 9
+    assert result["variants"]["fast_next_scale_batch4"]["rows"] == 4
+    assert "CUDA" in result["variants"]["graphs_next_scale"]["skipped"]
+    assert "wall_s" in result["forward_breakdown"]["static_decode_q256"]

@@ -7,20 +7,27 @@ decoded once, `<ge_end>` is forced and the text goes on. Rows of a batch may be 
 phases: each step feeds every row a chunk of its own length, right-padded, and the padded keys
 stay masked in the cache, so rows never see each other's padding.
 
-All per-request state lives in local variables: the model is only read, so one model can serve
-several threads (the caller serialises access to a device if it wants to).
+Each forward goes through a decoder (`static_decode.py`): `fast=True` (default) uses the static KV
+cache and the lean LLM forward (CUDA graphs optional), `fast=False` the eager reference, transformers'
+text model with a DynamicCache. Both run inside this one loop; the tests require the same tokens.
+In the mask phase the loop never reads a device value: codes stay on the device until the mask is
+complete, so a CUDA device is never made to wait for the host between scales.
+
+All per-request state lives in local variables (or in a decoder the caller owns): the model is only
+read, so one model can serve several threads (the caller serialises access to a device if it wants to).
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
-from transformers import DynamicCache
 
 from .model import ARGenSegModel
+from .static_decode import ChunkInputs, EagerDecoder, StaticDecoder, UnsupportedByStaticDecoder
 
 
 class Phase(Enum):
@@ -36,6 +43,7 @@ class GenerationOutput:
     mask_codes: list[list[list[torch.Tensor]]]        # per row, per mask, per scale: (pn*pn,) code ids
     timings: dict[str, float] = field(default_factory=dict)  # seconds: prefill, text_decode, mask_decode, vqvae_decode
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = None  # per row: ("text"|"visual", logits) in order
+    decoder: StaticDecoder | None = None              # the static decoder that ran (reusable), None if eager
 
 
 @dataclass
@@ -64,12 +72,16 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
              pixel_values_B3SS: torch.Tensor, *, max_new_tokens: int = 48, max_masks: int = 4,
              cfg_scale: float = 0.0, uncond_input_ids_BT: torch.Tensor | None = None,
              uncond_valid_BT: torch.Tensor | None = None, raster_order: bool = False,
-             record_logits: bool = False) -> GenerationOutput:
+             record_logits: bool = False, fast: bool = True, cuda_graphs: bool = False,
+             decoder: StaticDecoder | None = None) -> GenerationOutput:
     """Generate replies with masks for B left-padded prompts.
 
     With `cfg_scale > 0`, the unconditional prompts (same images) run as B extra rows; visual
     logits are guided, text follows the conditional rows. `raster_order=True` generates the same
     number of visual tokens one per forward (timing comparisons only; masks are not meaningful).
+    `fast=False` runs the eager reference decoder. `decoder`: a `StaticDecoder` to reuse (its
+    cache and CUDA graphs), used if it fits this request, else a fresh one is allocated (capturing
+    CUDA graphs if `cuda_graphs`); the one that ran is returned in the output for the next call.
     """
     device = input_ids_BT.device
     ids = model.config.token_ids
@@ -93,9 +105,19 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
     key_valid = prompt_valid_BT.bool()
     next_pos = key_valid.long().sum(1)                                  # (R,) next RoPE position
     position_ids = (key_valid.long().cumsum(1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.backbone.config.text_config)
-    out = model.decode(embeds, key_valid, position_ids, cache=cache)
-    last_hidden = out.last_hidden_state[:, -1]                           # left padding: last is real
+    step_decoder: StaticDecoder | EagerDecoder = EagerDecoder(model)
+    if fast:
+        capacity, max_position = static_cache_size(model, input_ids_BT.shape[1], B, max_new_tokens, max_masks)
+        if decoder is None or not decoder.fits(R, capacity, max_position):
+            try:
+                decoder = StaticDecoder.allocate(model, R, capacity, max_position=max_position,
+                                                 cuda_graphs=cuda_graphs)
+            except UnsupportedByStaticDecoder:
+                decoder = None           # e.g. dynamic RoPE past max_position_embeddings: eager is exact
+        if decoder is not None:
+            step_decoder = decoder.start()
+    hidden = step_decoder.prefill(embeds, key_valid, position_ids)
+    last_hidden = hidden[:, -1]                                          # left padding: last is real
     timings["prefill"] = time.perf_counter() - t0
 
     rows = [_Row() for _ in range(B)]
@@ -105,7 +127,7 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
     step_logits: list[list[tuple[str, torch.Tensor]]] | None = [[] for _ in range(B)] if record_logits else None
     f_hat = model.vqvae.empty_fhat(B, device=device, dtype=dtype)
     text_hidden = last_hidden                                            # (R, C) per row, for TEXT rows
-    chunk_hidden = out.last_hidden_state                                 # (R, n, C) of the last forward
+    chunk_hidden = hidden                                                # (R, n, C) of the last forward
 
     while True:
         # ---- read the logits of the last forward, decide each row's next chunk -------------------
@@ -135,13 +157,13 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
                     logits = cfg_logits(logits, uncond, cfg_scale, row.scale, K)
                 if step_logits is not None:
                     step_logits[b].append(("visual", logits.cpu()))
-                codes = logits.argmax(-1)                                         # (n,)
-                token_ids[b].extend((codes + ids["visual_offset"]).tolist())
+                codes = logits.argmax(-1)                                         # (n,), on the device
                 if raster_order:
                     _raster_step(model, row, codes)
                 else:
                     _next_scale_step(model, row, codes, f_hat, b)
                 if row.phase is Phase.TEXT:      # the mask is complete: force <ge_end>
+                    token_ids[b].extend((torch.cat(row.codes) + ids["visual_offset"]).tolist())
                     finished_masks.append(b)
                     row.chunk_ids, row.chunk_slots, row.chunk_inputs = [ids["ge_end"]], [-1], None
                     token_ids[b].append(ids["ge_end"])
@@ -155,17 +177,31 @@ def generate(model: ARGenSegModel, input_ids_BT: torch.Tensor, prompt_valid_BT: 
         # ---- one forward over every row's chunk ----------------------------------------------------
         t_step = time.perf_counter()
         in_mask = any(row.phase is Phase.MASK for row in rows)
-        chunk_embeds, chunk_valid = _embed_chunks(model, rows, use_cfg, device)
-        position_ids = next_pos[:, None] + chunk_valid.long().cumsum(1) - 1
-        key_valid = torch.cat([key_valid, chunk_valid], dim=1)
+        chunk = _chunk_inputs(model, rows, use_cfg, device, next_pos)
+        chunk_valid = chunk.valid_Rn
         next_pos = next_pos + chunk_valid.long().sum(1)
-        chunk_hidden = model.decode(chunk_embeds, key_valid, position_ids.clamp(min=0), cache=cache).last_hidden_state
+        chunk_hidden = step_decoder.step(chunk)
         last = (chunk_valid.long().sum(1) - 1).clamp(min=0)
         text_hidden = chunk_hidden[torch.arange(R, device=device), last]
         timings["mask_decode" if in_mask else "text_decode"] += time.perf_counter() - t_step
 
     return GenerationOutput(token_ids=token_ids, mask_images=mask_images, mask_codes=mask_codes,
-                            timings=timings, step_logits=step_logits)
+                            timings=timings, step_logits=step_logits,
+                            decoder=step_decoder if isinstance(step_decoder, StaticDecoder) else None)
+
+
+def static_cache_size(model: ARGenSegModel, prompt_len: int, rows: int, max_new_tokens: int,
+                      max_masks: int) -> tuple[int, int]:
+    """(cache columns, RoPE positions) one request can reach. A row feeds at most `max_new_tokens`
+    text columns and L per mask (its positions); a step's width is that of its widest row, so the
+    rows' sum bounds the columns. Rounded up so that a reused decoder fits the next, slightly
+    longer prompt."""
+    per_row = max_new_tokens + max_masks * model.num_slots
+    return _round_up(prompt_len + rows * per_row, 64), _round_up(prompt_len + per_row, 64)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def _next_scale_step(model: ARGenSegModel, row: _Row, codes: torch.Tensor, f_hat: torch.Tensor, b: int) -> None:
@@ -193,7 +229,7 @@ def _raster_step(model: ARGenSegModel, row: _Row, codes: torch.Tensor) -> None:
         row.phase = Phase.TEXT
         row.masks_done += 1
         return
-    row.scale = int(model.scale_of_slot[row.raster_slot])
+    row.scale = bisect.bisect_right(model.scale_begin, row.raster_slot) - 1   # host-side: no device read
     row.chunk_ids = [model.config.token_ids["mask_context"]]
     row.chunk_slots = [row.raster_slot]
     row.chunk_inputs = model.vqvae.quantize.embedding.weight[codes]
@@ -216,30 +252,34 @@ def _decode_masks(model: ARGenSegModel, rows: list[_Row], finished: list[int], f
         f_hat[b].zero_()
 
 
-def _embed_chunks(model: ARGenSegModel, rows: list[_Row], use_cfg: bool,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded chunk embeddings (R, n, C) and validity (R, n); guidance rows mirror their pair."""
+def _chunk_inputs(model: ARGenSegModel, rows: list[_Row], use_cfg: bool, device: torch.device,
+                  next_pos_R: torch.Tensor) -> ChunkInputs:
+    """Right-padded chunk (R, n) of every row, positions continuing; guidance rows mirror their pair."""
     ids = model.config.token_ids
     n = max([len(r.chunk_ids) for r in rows if r.phase is not Phase.DONE] or [1])
     cvae = model.vqvae.cfg.z_channels
     B = len(rows)
-    input_ids = torch.full((B, n), ids["pad"], dtype=torch.long, device=device)
-    slots = torch.full((B, n), -1, dtype=torch.long, device=device)
+    # ids, slots and validity are host data: built on the CPU, then one asynchronous copy each
+    # (a blocking copy per row would make the host wait for the device at every step)
+    input_ids = torch.full((B, n), ids["pad"], dtype=torch.long)
+    slots = torch.full((B, n), -1, dtype=torch.long)
+    valid = torch.zeros(B, n, dtype=torch.bool)
     inputs = torch.zeros(B, n, cvae, dtype=model.pos_1LC.dtype, device=device)
-    valid = torch.zeros(B, n, dtype=torch.bool, device=device)
     for b, row in enumerate(rows):
         if row.phase is Phase.DONE:
             continue
         m = len(row.chunk_ids)
-        input_ids[b, :m] = torch.tensor(row.chunk_ids, device=device)
-        slots[b, :m] = torch.tensor(row.chunk_slots, device=device)
+        input_ids[b, :m] = torch.tensor(row.chunk_ids)
+        slots[b, :m] = torch.tensor(row.chunk_slots)
         if row.chunk_inputs is not None:
             inputs[b, :m] = row.chunk_inputs.to(inputs.dtype)
         valid[b, :m] = True
+    input_ids, slots, valid = (t.to(device, non_blocking=True) for t in (input_ids, slots, valid))
     if use_cfg:
         input_ids, slots, inputs, valid = (torch.cat([t, t]) for t in (input_ids, slots, inputs, valid))
-    embeds = model.embed(input_ids, slot_BT=slots, slot_inputs_BTC=inputs)
-    return embeds, valid
+    position_ids = (next_pos_R[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+    return ChunkInputs(input_ids_Rn=input_ids, slot_Rn=slots, slot_inputs_RnC=inputs, valid_Rn=valid,
+                       position_ids_Rn=position_ids)
 
 
 def _stack_left_padded(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

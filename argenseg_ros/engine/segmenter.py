@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 from .generation import generate
 from .imaging import image_to_pixel_values, mask_image_to_mask
 from .model import ARGenSegModel
+from .static_decode import StaticDecoder
 from .tokenization import control_tokens
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -74,7 +75,7 @@ class Segmenter:
 
     def __init__(self, model: ARGenSegModel, tokenizer: PreTrainedTokenizerFast, *,
                  mask_threshold: float = 0.5, cfg_scale: float = 0.0, max_new_tokens: int = 48,
-                 max_masks: int = 4):
+                 max_masks: int = 4, fast: bool = True, cuda_graphs: bool = False):
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         if cfg_scale < 0.0:
@@ -85,7 +86,10 @@ class Segmenter:
         self.cfg_scale = cfg_scale
         self.max_new_tokens = max_new_tokens
         self.max_masks = max_masks
+        self.fast = fast                  # static KV cache decoder; False: the eager reference
+        self.cuda_graphs = cuda_graphs
         self._lock = threading.Lock()
+        self._decoder: StaticDecoder | None = None   # reused under the lock: cache and graphs made once
         # User text must never become a control token (an <IMG_CONTEXT> without its image, a forged
         # <ge_start> ...): one pattern of all of them, longest first, finds the first one named.
         controls = control_tokens(tokenizer)
@@ -136,7 +140,9 @@ class Segmenter:
         with self._lock:
             out = generate(self.model, ids, valid, pixel_values.to(self.device), max_new_tokens=self.max_new_tokens,
                            max_masks=self.max_masks, cfg_scale=self.cfg_scale,
-                           uncond_input_ids_BT=uncond[0], uncond_valid_BT=uncond[1])
+                           uncond_input_ids_BT=uncond[0], uncond_valid_BT=uncond[1], fast=self.fast,
+                           cuda_graphs=self.cuda_graphs, decoder=self._decoder)
+            self._decoder = out.decoder or self._decoder
         results = []
         for b, image in enumerate(images):
             t_mask = time.perf_counter()
