@@ -1,6 +1,7 @@
 """Training and inference agree: a tiny tabletop model overfit on one scene answers exactly."""
 
 import numpy as np
+import pytest
 import torch
 
 from argenseg_ros.engine.generation import generate
@@ -24,6 +25,7 @@ TINY_SIZES = dict(image_size=56, patch_size=14, vision_hidden=32, vision_layers=
                   text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=128)
 
 
+@pytest.mark.timeout(900)   # ~2 CPU-minutes of training: beyond the 180 s default on a loaded machine
 def test_overfit_scene_is_reproduced_by_generation():
     torch.manual_seed(0)
     model, tokenizer = build_tabletop_model(None, seed=0, vqvae=TINY_VQVAE, sizes=TINY_SIZES)
