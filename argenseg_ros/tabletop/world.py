@@ -427,6 +427,17 @@ class Composition:
             raise ValueError(f"side_range must satisfy 0 <= lo < hi <= 1, got {self.side_range}")
 
 
+
+def _choose(wanted: str | None, placed: list[str], repeat_p: float, options: tuple[str, ...],
+            rng: np.random.Generator) -> str:
+    """``wanted`` if given; else, with probability ``repeat_p``, one already placed; else any option."""
+    if wanted is not None:
+        return wanted
+    if placed and rng.random() < repeat_p:
+        return placed[int(rng.integers(len(placed)))]
+    return options[int(rng.integers(len(options)))]
+
+
 def _layout(rng: np.random.Generator, width: int, height: int, n: int,
             composition: Composition | None = None, log_sizes: bool = False) -> list[_Placed]:
     s = frame_scale(width, height)
@@ -442,18 +453,8 @@ def _layout(rng: np.random.Generator, width: int, height: int, n: int,
         want_kind, want_colour = composition.objects[i] if composition is not None else (None, None)
         # Repeating an existing kind or colour now and then makes size words, relations and
         # "leftmost" expressions (which need several objects of a kind) common enough to learn.
-        if want_kind is not None:
-            kind = want_kind
-        elif placed and rng.random() < 0.35:
-            kind = placed[int(rng.integers(len(placed)))].kind
-        else:
-            kind = KINDS[int(rng.integers(len(KINDS)))]
-        if want_colour is not None:
-            colour = want_colour
-        elif placed and rng.random() < 0.2:
-            colour = placed[int(rng.integers(len(placed)))].colour
-        else:
-            colour = COLOURS[int(rng.integers(len(COLOURS)))]
+        kind = _choose(want_kind, [o.kind for o in placed], 0.35, KINDS, rng)
+        colour = _choose(want_colour, [o.colour for o in placed], 0.2, COLOURS, rng)
         rgb = sample_colour_rgb(colour, rng)
         for attempt in range(60):
             # Crowded frames: later attempts prefer smaller objects.
