@@ -111,7 +111,7 @@ def prompt_inputs(model, tokenizer, instruction: str = "the red cup on the left"
     ids = model.config.token_ids
     g = torch.Generator().manual_seed(seed)
     if tokenizer is not None:
-        row = tokenizer(model.build_prompt(instruction), add_special_tokens=False)["input_ids"]
+        row = model.prompt_ids(tokenizer, instruction)   # as the Segmenter builds it (BOS per config)
     else:
         def text(n: int) -> list[int]:
             return torch.randint(1000, min(ids["eos"], 90000), (n,), generator=g).tolist()

@@ -105,6 +105,13 @@ def node_params() -> dict:
         return yaml.safe_load(f)["argenseg"]["ros__parameters"]
 
 
+def machine_info(load_before: tuple[float, ...], **extra: str) -> dict:
+    """The "machine" entry of a benchmark's JSON: CPU, core count, ``extra``, load before and now."""
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), **extra,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -225,9 +232,7 @@ def main() -> int:
         rate = len(masks) / window
         result = {
             "benchmark": "ros_latency",
-            "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
-                        "loadavg_before": [round(x, 2) for x in load_before],
-                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+            "machine": machine_info(load_before),
             "setup": {"camera_rate_hz": args.rate_hz, "width": args.width, "height": args.height,
                       "seed": args.seed, "max_rate_hz": args.max_rate_hz, "node_args": args.node_args,
                       "node_params_file": {k: v for k, v in node_params().items()

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ros_latency import Proc, configure_ros_env, cpu_model, executable, stats_ms
+from ros_latency import Proc, configure_ros_env, executable, machine_info, stats_ms
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTERS = ("frames_received", "frames_skipped", "commands_received", "commands_refused", "requests",
@@ -176,9 +176,7 @@ def main() -> int:
         after_first = samples[1:] or samples
         result = {
             "benchmark": "soak",
-            "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
-                        "loadavg_before": [round(x, 2) for x in load_before],
-                        "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+            "machine": machine_info(load_before),
             "setup": {"minutes": args.minutes, "camera_rate_hz": args.rate_hz, "max_rate_hz": args.rate_hz,
                       "width": 640, "height": 480, "seed": args.seed, "tracked": track,
                       "one_shot_period_s": args.one_shot_period_s, "sample_period_s": args.sample_period_s,

@@ -48,7 +48,7 @@ from netns_pair import (  # noqa: E402
     discovery_server_command,
     unavailable_reason,
 )
-from ros_latency import configure_ros_env, cpu_model, pct  # noqa: E402
+from ros_latency import configure_ros_env, machine_info, pct  # noqa: E402
 
 PROFILES = {"multihost": REPO / "config" / "fastdds_multihost.xml",
             "project": REPO / "config" / "fastdds_profile.xml", "default": None}
@@ -303,11 +303,9 @@ def main() -> int:
 
     result = {
         "benchmark": "two_hosts",
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "kernel": os.uname().release,
-                    "net.core.rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip(),
-                    "net.core.wmem_max": Path("/proc/sys/net/core/wmem_max").read_text().strip(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine_info(load_before, kernel=os.uname().release, **{
+            "net.core.rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip(),
+            "net.core.wmem_max": Path("/proc/sys/net/core/wmem_max").read_text().strip()}),
         "setup": {"width": args.width, "height": args.height, "encoding": "rgb8", "rate_hz": args.rate_hz,
                   "seconds": args.seconds, "qos": "sensor data (best effort, keep last 5)",
                   "link": "veth pair between two network namespaces, 192.0.2.1/24 <-> 192.0.2.2/24, MTU 1500, "
